@@ -34,7 +34,9 @@ class Embedder:
         cache_dir: Path | None = None,
     ):
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # "Loading weights" bars on every open are noise
         self.name = name_or_path
         self.path = resolve_embedder(name_or_path)
         self.backend = backend

@@ -40,7 +40,7 @@ def _base(kind: str, dim: int, train: np.ndarray | None = None) -> faiss.Index:
         idx = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         idx.train(train)
         idx.nprobe = min(IVF_NPROBE, nlist)
-        idx.make_direct_map()
+        idx.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct + remove_ids
         return idx
     raise RagtuneError(f"index type {kind!r} is unknown: use one of {', '.join(KINDS)}")
 
@@ -71,15 +71,27 @@ def all_vectors(index: faiss.IndexIDMap2) -> tuple[np.ndarray, np.ndarray]:
 
 
 def remove(index: faiss.IndexIDMap2, ids: np.ndarray) -> faiss.IndexIDMap2:
-    """Remove ids; returns the index to use from now on (HNSW is rebuilt without them)."""
+    """Remove ids; returns the index to use from now on.
+
+    Flat removes in place. HNSW cannot delete and IVF's direct map cannot delete by a batch
+    selector, so both are rebuilt from their kept vectors (IVF keeps its trained centroids).
+    """
     if not len(ids):
         return index
-    if kind_of(index) != "hnsw":
+    kind = kind_of(index)
+    if kind == "flat":
         index.remove_ids(np.asarray(ids, dtype=np.int64))
         return index
     all_ids, vecs = all_vectors(index)
     keep = ~np.isin(all_ids, ids)
-    return new_index("hnsw", index.d, vecs[keep], all_ids[keep])
+    if kind == "hnsw":
+        return new_index("hnsw", index.d, vecs[keep], all_ids[keep])
+    base = faiss.clone_index(faiss.downcast_index(index.index))
+    base.reset()
+    fresh = faiss.IndexIDMap2(base)
+    if keep.any():
+        fresh.add_with_ids(vecs[keep], all_ids[keep])
+    return fresh
 
 
 def rebuild(index: faiss.IndexIDMap2, kind: str) -> faiss.IndexIDMap2:

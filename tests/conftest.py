@@ -1,0 +1,81 @@
+"""Shared fixtures: a temp RAGTUNE_HOME for every test, and a tiny random embedder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch) -> Path:
+    """Every test gets its own RAGTUNE_HOME; no test touches ./.ragtune."""
+    h = tmp_path / "home"
+    monkeypatch.setenv("RAGTUNE_HOME", str(h))
+    for var in ("RAGTUNE_EMBEDDER", "RAGTUNE_EMBED_BACKEND", "RAGTUNE_CHUNK_TOKENS",
+                "RAGTUNE_CHUNK_OVERLAP", "RAGTUNE_COMMIT_EVERY", "RAGTUNE_MAX_FILE_MB"):
+        monkeypatch.delenv(var, raising=False)
+    return h
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder_dir(tmp_path_factory) -> Path:
+    """A 1-layer, 32-wide BERT with MiniLM's real tokenizer, saved as a sentence-transformers
+    folder. Random weights: fast, deterministic, useless for meaning (unit tests only)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from ragtune.platform.models import resolve_embedder
+
+    root = tmp_path_factory.mktemp("tiny-embedder")
+    tok = AutoTokenizer.from_pretrained(str(resolve_embedder("all-MiniLM-L6-v2")))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(root / "hf")
+    tok.save_pretrained(root / "hf")
+    word = models.Transformer(str(root / "hf"), max_seq_length=64)
+    pool = models.Pooling(word.get_embedding_dimension(), "mean")
+    SentenceTransformer(modules=[word, pool], device="cpu").save(str(root / "st"))
+    return root / "st"
+
+
+@pytest.fixture
+def tiny_settings(home, tiny_embedder_dir, monkeypatch):
+    """Settings that use the tiny embedder (as a user would: through RAGTUNE_EMBEDDER)."""
+    from ragtune.platform.settings import get_settings
+
+    monkeypatch.setenv("RAGTUNE_EMBEDDER", str(tiny_embedder_dir))
+    monkeypatch.setenv("RAGTUNE_CHUNK_TOKENS", "48")
+    monkeypatch.setenv("RAGTUNE_CHUNK_OVERLAP", "8")
+    return get_settings()
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    """A small folder of documents in several formats, plus a hidden folder and a binary."""
+    d = tmp_path / "docs"
+    (d / "sub").mkdir(parents=True)
+    (d / ".hidden").mkdir()
+    (d / "pricing.md").write_text(
+        "# Pricing\n\nThe Basic plan costs 10 EUR per month.\n\n"
+        "## Refunds\n\nRefunds are granted within 30 days of purchase.\n")
+    (d / "stock.html").write_text(
+        "<html><head><title>Stock levels</title><style>p{color:red}</style>"
+        "<script>var secret = 'do not index';</script></head>"
+        "<body><p>Warehouse Berlin holds 42 blue widgets.</p></body></html>")
+    (d / "sub" / "faq.txt").write_text(
+        "Shipping takes two business days inside Germany. Express shipping is next day.")
+    (d / "products.csv").write_text(
+        "sku,text,price\nW-1,Blue widget with a steel frame,9.99\nG-2,Red gadget for kitchens,19.5\n")
+    (d / ".hidden" / "secret.txt").write_text("hidden folder text must not be ingested")
+    (d / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")
+    return d

@@ -1,0 +1,236 @@
+"""The collection contract on the tiny embedder: incremental ingest, search, delete, safety."""
+
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+import pytest
+
+from ragtune import Collection, RagtuneError
+from ragtune.ingest import faiss_index
+
+
+def _consistent(col: Collection) -> None:
+    """FAISS ids == chunk ids, exactly, at the committed generation."""
+    db = col.store.connect()
+    try:
+        gen = col.store.generation(db)
+        ids = sorted(r[0] for r in db.execute("SELECT id FROM chunks"))
+        dim = col.store.get_meta(db, "embedder")["dim"]
+    finally:
+        db.close()
+    index = col.store.load_index(gen, dim)
+    assert sorted(faiss.vector_to_array(index.id_map).tolist()) == ids
+
+
+def test_ingest_search_and_manifest(tiny_settings, corpus):
+    col = Collection.open("docs", tiny_settings)
+    report = col.add([corpus])
+    assert sorted(p.split("/")[-1] for p in report.ingested) == [
+        "faq.txt", "pricing.md", "products.csv", "stock.html"]
+    assert [p.split("/")[-1] for p, _ in report.skipped] == ["logo.png"]
+    assert report.generation == 1 and report.chunks_added >= 5
+    _consistent(col)
+    manifest = json.loads((col.store.folder / "manifest.json").read_text())
+    assert manifest["embedder"]["dim"] == 32 and manifest["chunks"] == report.chunks_added
+    assert manifest["splitter"]["chunk_tokens"] == 48 and manifest["generation"] == 1
+
+    # dense: a chunk's own text is its nearest neighbour even with random weights
+    target = "Warehouse Berlin holds 42 blue widgets."
+    hit = col.search(target, k=3)[0]
+    assert hit.text == target and hit.score == pytest.approx(1.0, abs=1e-5)
+    assert hit.source.endswith("stock.html") and hit.metadata["title"] == "Stock levels"
+    assert hit.ingested_at and hit.position == 0
+    # bm25 ranks on words
+    assert col.search("express shipping next day", k=1, mode="bm25")[0].source.endswith("faq.txt")
+    # hybrid fuses both
+    hybrid = col.search("Warehouse Berlin holds 42 blue widgets.", k=3, mode="hybrid")
+    assert hybrid[0].text == target
+    # filters
+    only_csv = col.search(target, k=5, where={"source": "*.csv"})
+    assert only_csv and all(h.source.endswith("products.csv") for h in only_csv)
+    assert col.search("red gadget widget", k=5, mode="bm25", where={"sku": "G-*"})[0].metadata["sku"] == "G-2"
+    assert col.search("widget", k=5, where={"source": "*nothing*"}) == []
+
+
+def test_reingest_skips_unchanged_replaces_changed_prunes_gone(tiny_settings, corpus):
+    col = Collection.open("docs", tiny_settings)
+    first = col.add([corpus])
+    again = col.add([corpus])
+    assert again.ingested == [] and again.replaced == [] and len(again.unchanged) == 4
+    assert again.generation == first.generation  # nothing changed: no new generation
+
+    (corpus / "sub" / "faq.txt").write_text("Shipping now takes five days. Pickup is free.")
+    (corpus / "stock.html").unlink()
+    third = col.add([corpus], prune=True)
+    assert [p.split("/")[-1] for p in third.replaced] == ["faq.txt"]
+    assert [p.split("/")[-1] for p in third.pruned] == ["stock.html"]
+    assert len(third.unchanged) == 2
+    _consistent(col)
+    assert col.search("Shipping now takes five days. Pickup is free.", k=1)[0].text.startswith(
+        "Shipping now takes five days")
+    assert not col.search("Berlin", k=10, where={"source": "*stock.html"})
+    assert "two business days" not in " ".join(h.text for h in col.search("shipping", k=20))
+
+
+def test_dry_run_writes_nothing(tiny_settings, corpus):
+    col = Collection.open("docs", tiny_settings)
+    report = col.add([corpus], dry_run=True)
+    assert len(report.ingested) == 4 and report.dry_run
+    assert col.info()["chunks"] == 0 and col.info()["generation"] == 0
+    assert "new" in report.summary()
+
+
+def test_delete_by_path_and_glob(tiny_settings, corpus):
+    col = Collection.open("docs", tiny_settings)
+    col.add([corpus])
+    assert col.delete(str(corpus / "pricing.md")) == [str(corpus / "pricing.md")]
+    assert col.delete("sub/*.txt") == [str(corpus / "sub" / "faq.txt")]
+    assert col.info()["documents"] == 2
+    _consistent(col)
+    with pytest.raises(RagtuneError, match="collections show"):
+        col.delete("nothing-like-this")
+
+
+def test_bad_file_never_damages_the_index(tiny_settings, corpus):
+    col = Collection.open("docs", tiny_settings)
+    col.add([corpus])
+    before = col.info()
+    (corpus / "pricing.md").write_bytes(b"caf\xe9")  # the stored version stays
+    (corpus / "new.pdf").write_bytes(b"%PDF-1.4 garbage")
+    report = col.add([corpus])
+    reasons = dict((p.split("/")[-1], r) for p, r in report.skipped)
+    assert "UTF-8" in reasons["pricing.md"] and "PDF" in reasons["new.pdf"]
+    assert col.info()["chunks"] == before["chunks"]
+    assert col.search("The Basic plan costs 10 EUR per month.", k=1, mode="bm25")[0].source.endswith(
+        "pricing.md")
+
+
+def test_interrupted_ingest_resumes_without_redoing_committed(tiny_settings, corpus, monkeypatch):
+    for i in range(6):
+        (corpus / f"extra{i}.txt").write_text(f"Extra document number {i} about gizmos.")
+    settings = tiny_settings.model_copy(update={"commit_every": 2})
+    col = Collection.open("docs", settings)
+    calls = {"n": 0}
+    real = col.embedder.encode
+
+    def flaky(texts, progress=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # Ctrl-C after two committed batches
+        return real(texts, progress)
+
+    monkeypatch.setattr(col.embedder, "encode", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        col.add([corpus])
+    assert col.info()["documents"] == 4 and col.info()["generation"] == 2
+    _consistent(col)
+    monkeypatch.setattr(col.embedder, "encode", real)
+    resumed = col.add([corpus])
+    assert len(resumed.unchanged) == 4 and len(resumed.ingested) == 6
+    assert col.info()["documents"] == 10
+
+
+def test_second_writer_fails_clearly(tiny_settings, corpus):
+    col = Collection.open("docs", tiny_settings.model_copy(update={"lock_timeout": 0.2}))
+    col.store.lock.acquire()  # another process holding the write lock
+    try:
+        other = Collection.open("docs", tiny_settings.model_copy(update={"lock_timeout": 0.2}))
+        with pytest.raises(RagtuneError, match="being written by another process"):
+            other.add([corpus])
+    finally:
+        col.store.lock.release()
+    assert col.add([corpus]).ingested  # and works once the lock is free
+
+
+def test_embedder_mismatch_refused(tiny_settings, corpus, monkeypatch):
+    from ragtune.platform.settings import get_settings
+
+    Collection.open("docs", tiny_settings).add([corpus])
+    monkeypatch.setenv("RAGTUNE_EMBEDDER", "all-MiniLM-L6-v2")
+    with pytest.raises(RagtuneError, match="was built with embedder"):
+        Collection.open("docs", get_settings())
+    monkeypatch.delenv("RAGTUNE_EMBEDDER")
+    col = Collection.open("docs", get_settings())  # not set: the collection's own is used
+    assert col.settings.embedder == str(tiny_settings.embedder)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "flat"])
+def test_optimize_keeps_results_and_survives_updates(tiny_settings, tmp_path, kind):
+    docs = tmp_path / "many"
+    docs.mkdir()
+    for i in range(60):
+        (docs / f"d{i:02d}.txt").write_text(f"Document {i} talks about topic {i % 7} and item {i}.")
+    col = Collection.open("many", tiny_settings)
+    col.add([docs])
+    info = col.optimize(kind)
+    assert info["index_type"] == kind
+    _consistent(col)
+    target = "Document 17 talks about topic 3 and item 17."
+    assert col.search(target, k=1)[0].text == target
+    (docs / "d17.txt").write_text("Document 17 was rewritten entirely.")
+    col.add([docs])
+    _consistent(col)
+    assert col.info()["index_type"] == kind
+    assert col.search("Document 17 was rewritten entirely.", k=1)[0].source.endswith("d17.txt")
+
+
+def test_ivf_needs_enough_vectors(tiny_settings, corpus):
+    col = Collection.open("docs", tiny_settings)
+    col.add([corpus])
+    with pytest.raises(RagtuneError, match="at least 39 vectors"):
+        col.optimize("ivf")
+
+
+def test_as_retriever_returns_langchain_documents(tiny_settings, corpus):
+    from langchain_core.documents import Document
+    from langchain_core.retrievers import BaseRetriever
+
+    col = Collection.open("docs", tiny_settings)
+    col.add([corpus])
+    retriever = col.as_retriever(k=2, mode="bm25")
+    assert isinstance(retriever, BaseRetriever)
+    docs = retriever.invoke("refunds granted within 30 days")
+    assert isinstance(docs[0], Document) and len(docs) <= 2
+    assert docs[0].metadata["source"].endswith("pricing.md")
+    assert docs[0].metadata["h2"] == "Refunds" and "chunk_id" in docs[0].metadata
+
+
+def test_readers_follow_new_generations(tiny_settings, corpus, tmp_path):
+    reader = Collection.open("docs", tiny_settings)
+    writer = Collection.open("docs", tiny_settings)
+    writer.add([corpus / "pricing.md"])
+    assert {h.source for h in reader.search("x", k=10)} == {str(corpus / "pricing.md")}
+    writer.add([corpus / "sub"])
+    assert len({h.source for h in reader.search("x", k=10)}) == 2
+
+
+def test_bad_names_and_arguments(tiny_settings):
+    with pytest.raises(RagtuneError, match="not allowed"):
+        Collection.open("../escape", tiny_settings)
+    with pytest.raises(RagtuneError, match="does not exist"):
+        Collection.open("absent", tiny_settings, create=False)
+    col = Collection.open("empty", tiny_settings)
+    with pytest.raises(RagtuneError, match="mode"):
+        col.search("x", mode="semantic")
+
+
+def test_rrf_fusion_prefers_agreement():
+    from ragtune.ingest.bm25 import reciprocal_rank_fusion
+
+    fused = reciprocal_rank_fusion([np.array([1, 2, 3]), np.array([3, 1, 4])], k=3)
+    assert [cid for cid, _ in fused] == [1, 3, 2]
+
+
+def test_faiss_ids_are_chunk_ids_after_hnsw_removal():
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((50, 8)).astype(np.float32)
+    ids = np.arange(100, 150, dtype=np.int64)
+    index = faiss_index.new_index("hnsw", 8, vecs, ids)
+    index = faiss_index.remove(index, np.array([100, 120], dtype=np.int64))
+    left = set(faiss.vector_to_array(index.id_map).tolist())
+    assert left == set(range(100, 150)) - {100, 120}
+    _, found = faiss_index.search(index, vecs[5], 1)
+    assert found[0] == 105
