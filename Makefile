@@ -25,8 +25,19 @@ $(STAMP): pyproject.toml
 test: install
 	$(PY) -m pytest -q
 
+# The main job end to end on the embedded defaults (completed by later issues: train, serve).
+RT := $(VENV)/bin/ragtune
 demo: install
-	$(PY) -m ragtune.demo
+	$(RT) models import
+	$(RT) models list
+	$(RT) ingest samples/acme --collection acme
+	@echo "--- again: unchanged documents are skipped by content hash"
+	$(RT) ingest samples/acme --collection acme
+	$(RT) collections show acme
+	$(RT) search "How much does the Pro plan cost per month?" --collection acme -k 3
+	$(RT) search "Can I send a widget back and get my money?" --collection acme -k 3 --mode hybrid
+	$(RT) search "Which gadgets are out of stock?" --collection acme -k 3 --where source='*.csv'
+	$(RT) search "how long is the warranty" --collection acme -k 2 --mode bm25
 
 bench: install
 	$(PY) bench/ingest.py

@@ -92,6 +92,7 @@ class Collection:
         self._db = None
         self._gen = -1
         self._index = None
+        self._kind = "flat"
         self._bm25: BM25Index | None = None
 
     # -- opening ------------------------------------------------------------------------------
@@ -353,6 +354,7 @@ class Collection:
             emb = self.store.get_meta(self._db, "embedder")
             dim = int(emb["dim"]) if emb else 1
             self._index = self.store.load_index(gen, dim)
+            self._kind = faiss_index.kind_of(self._index)
             self._gen, self._bm25 = gen, None
 
     def _allowed(self, where: dict[str, str] | None) -> np.ndarray | None:
@@ -404,13 +406,13 @@ class Collection:
                 pool = k if mode != "hybrid" else max(4 * k, 20)
                 ranked: list[tuple[int, float]]
                 if mode == "dense":
-                    scores, ids = faiss_index.search(self._index, qvec, k, allowed)
+                    scores, ids = faiss_index.search(self._index, qvec, k, allowed, self._kind)
                     ranked = list(zip(ids.tolist(), scores.tolist(), strict=True))
                 elif mode == "bm25":
                     scores, ids = self._bm25_index().search(query, k, allowed)
                     ranked = list(zip(ids.tolist(), scores.tolist(), strict=True))
                 else:
-                    _, dense_ids = faiss_index.search(self._index, qvec, pool, allowed)
+                    _, dense_ids = faiss_index.search(self._index, qvec, pool, allowed, self._kind)
                     _, lex_ids = self._bm25_index().search(query, pool, allowed)
                     ranked = reciprocal_rank_fusion([dense_ids, lex_ids], k)
                 return self._rows(ranked)

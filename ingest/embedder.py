@@ -22,6 +22,10 @@ from ragtune.platform.models import resolve_embedder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
 
+# Texts per batch, measured on 2 cores over length-sorted chunks: int8 GEMMs run best on
+# small batches (8: 70 chunks/s, 32: 63), torch is flat between 8 and 32.
+BATCH_SIZES = {"torch": 32, "onnx-int8": 8}
+
 
 class Embedder:
     """Turn texts into L2-normalised float32 vectors (inner product == cosine)."""
@@ -30,7 +34,7 @@ class Embedder:
         self,
         name_or_path: str,
         backend: str = "torch",
-        batch_size: int = 32,
+        batch_size: int | None = None,
         cache_dir: Path | None = None,
     ):
         from sentence_transformers import SentenceTransformer
@@ -40,7 +44,7 @@ class Embedder:
         self.name = name_or_path
         self.path = resolve_embedder(name_or_path)
         self.backend = backend
-        self.batch_size = batch_size
+        self.batch_size = batch_size or BATCH_SIZES.get(backend, 32)
         self._st = SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
         self.tokenizer = self._st.tokenizer
         self.max_seq_length = int(self._st.max_seq_length or 512)

@@ -103,24 +103,22 @@ def rebuild(index: faiss.IndexIDMap2, kind: str) -> faiss.IndexIDMap2:
 
 
 def search(index: faiss.IndexIDMap2, query: np.ndarray, k: int,
-           allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+           allowed: np.ndarray | None = None, kind: str | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (scores, ids) for one query vector; `allowed` restricts to those chunk ids."""
     k = min(k, index.ntotal)
     if k <= 0:
         return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
     q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
+    kind = kind or kind_of(index)
     params = None
-    if allowed is not None:
-        sel = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
-        kind = kind_of(index)
-        if kind == "hnsw":
-            params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(HNSW_EF_SEARCH, k))
-        elif kind == "ivf":
-            params = faiss.SearchParametersIVF(sel=sel, nprobe=faiss.downcast_index(index.index).nprobe)
-        else:
-            params = faiss.SearchParameters(sel=sel)
-    elif kind_of(index) == "hnsw":
-        params = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k))
+    sel = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64)) if allowed is not None else None
+    if kind == "hnsw" and (sel is not None or k > HNSW_EF_SEARCH):
+        params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(HNSW_EF_SEARCH, k))
+    elif kind == "ivf" and sel is not None:
+        params = faiss.SearchParametersIVF(sel=sel, nprobe=faiss.downcast_index(index.index).nprobe)
+    elif sel is not None:
+        params = faiss.SearchParameters(sel=sel)
     scores, ids = index.search(q, k, params=params)
     keep = ids[0] >= 0
     return scores[0][keep], ids[0][keep]

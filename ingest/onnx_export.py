@@ -9,7 +9,9 @@ pools.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import warnings
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -57,7 +59,8 @@ def export_int8(model_dir: Path, cache_dir: Path) -> Path:
         with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
             fp32 = Path(tmp) / "model.onnx"
             axes = {n: {0: "batch", 1: "seq"} for n in [*names, "last_hidden_state"]}
-            with torch.no_grad():
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TracerWarnings: expected for this export
                 torch.onnx.export(
                     Wrapped(model), tuple(enc[n] for n in names), str(fp32),
                     input_names=names, output_names=["last_hidden_state"],
@@ -65,7 +68,12 @@ def export_int8(model_dir: Path, cache_dir: Path) -> Path:
                 )
             bar.update(1)
             q = Path(tmp) / "model-int8.onnx"
-            quantize_dynamic(str(fp32), str(q), weight_type=QuantType.QInt8, per_channel=True)
+            root = logging.getLogger()
+            level, root.level = root.level, max(root.level, logging.ERROR)  # its advice is noise
+            try:
+                quantize_dynamic(str(fp32), str(q), weight_type=QuantType.QInt8, per_channel=True)
+            finally:
+                root.setLevel(level)
             with open(q, "rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(q, target)

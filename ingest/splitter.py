@@ -9,6 +9,7 @@ embedder's tokenizer as the length function. A last pass cuts any piece still ov
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from langchain_text_splitters import MarkdownHeaderTextSplitter, RecursiveCharacterTextSplitter
@@ -41,6 +42,8 @@ class TokenSplitter:
         self.limit = min(config.chunk_tokens, max_seq_length - specials)
         overlap = min(config.chunk_overlap, self.limit // 2)
         self.config = config
+        # the recursive splitter measures the same pieces again while merging: count once
+        self.count = lru_cache(maxsize=1 << 16)(self._count)
         self._recursive = RecursiveCharacterTextSplitter(
             chunk_size=self.limit,
             chunk_overlap=overlap,
@@ -50,8 +53,8 @@ class TokenSplitter:
         )
         self._markdown = MarkdownHeaderTextSplitter(HEADERS, strip_headers=False)
 
-    def count(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False, verbose=False).input_ids)
 
     def split(self, doc: Document) -> list[Chunk]:
         chunks: list[Chunk] = []
@@ -71,7 +74,8 @@ class TokenSplitter:
 
     def _hard_cut(self, text: str) -> list[str]:
         """Cut a piece still over the limit at token offsets; nothing is dropped."""
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                             verbose=False)
         offsets = enc["offset_mapping"]
         if len(offsets) <= self.limit:
             return [text]
