@@ -36,7 +36,7 @@ demo: install
 	$(RT) collections show acme
 	$(RT) search "How much does the Pro plan cost per month?" --collection acme -k 3
 	$(RT) search "Can I send a widget back and get my money?" --collection acme -k 3 --mode hybrid
-	$(RT) search "Which gadgets are out of stock?" --collection acme -k 3 --where source='*.csv'
+	$(RT) search "a gadget for the garden" --collection acme -k 2 --where source='*.csv'
 	$(RT) search "how long is the warranty" --collection acme -k 2 --mode bm25
 
 bench: install

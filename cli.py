@@ -152,6 +152,9 @@ def search(
         extra = f" page {h.metadata['page']}" if "page" in h.metadata else ""
         typer.echo(f"{rank}. [{h.score:.3f}] {h.source} #{h.position}{extra}")
         typer.echo("   " + h.text[:300].replace("\n", " "))
+        meta = {k: v for k, v in h.metadata.items() if k not in ("format", "page")}
+        if meta:
+            typer.echo("   " + ", ".join(f"{k}={v}" for k, v in meta.items()))
 
 
 @app.command()

@@ -228,17 +228,13 @@ def main() -> None:
     questions = json.loads((HERE / "questions.json").read_text())
     with tempfile.TemporaryDirectory(prefix="ragtune-bench-") as tmp:
         tmp = Path(tmp)
-        # one shared models dir, so the ONNX export is cached across runs
-        models_home = Path(os.environ.get("RAGTUNE_HOME", ".ragtune")).resolve()
 
         def settings_factory(**kw):
-            s = Settings(home=tmp / "home", **kw)
-            return s
+            return Settings(home=tmp / "home", **kw)
 
         names = write_corpus(tmp / "pydoc", 8 if args.quick else None)
         if args.quick:
             questions = [q for q in questions if set(q["topics"]) & set(names)] or questions[:3]
-        os.environ.setdefault("RAGTUNE_ONNX_CACHE", str(models_home / "models" / "onnx"))
         res = {
             "time": time.time(),
             "machine": platform.machine(),

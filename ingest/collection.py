@@ -163,7 +163,7 @@ class Collection:
 
     def _config_hash(self, text_field: str | None) -> str:
         s = self.settings
-        key = [self.embedder.identity["name"], s.chunk_tokens, s.chunk_overlap, text_field]
+        key = [s.embedder, s.chunk_tokens, s.chunk_overlap, text_field]  # no model load needed
         return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
     # -- ingest -------------------------------------------------------------------------------

@@ -234,3 +234,24 @@ def test_faiss_ids_are_chunk_ids_after_hnsw_removal():
     assert left == set(range(100, 150)) - {100, 120}
     _, found = faiss_index.search(index, vecs[5], 1)
     assert found[0] == 105
+
+
+def test_embedder_batches_are_length_sorted_normalised_and_in_order(tiny_settings):
+    from ragtune.ingest.embedder import Embedder
+
+    emb = Embedder(tiny_settings.embedder, batch_size=3)
+    seen = []
+    real = emb._encode_batch
+
+    def spy(batch):
+        seen.append([len(t) for t in batch])
+        return real(batch)
+
+    emb._encode_batch = spy
+    texts = ["a" * n + " word" for n in (5, 50, 1, 30, 12, 44, 3)]
+    vecs = emb.encode(texts)
+    flat = [n for batch in seen for n in batch]
+    assert flat == sorted(flat, reverse=True) and len(seen) == 3
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    for text, vec in zip(texts, vecs, strict=True):  # input order is kept
+        assert np.allclose(vec, emb.encode([text])[0], atol=1e-5)
