@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import warnings
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
