@@ -105,14 +105,19 @@ class Store:
     # -- creation and meta ------------------------------------------------------------------
     @classmethod
     def create_or_open(cls, folder: Path) -> Store:
+        """Open the collection in `folder`, creating or migrating its schema when needed.
+
+        An up-to-date collection is only read here, so opening never takes the write lock.
+        """
         folder.mkdir(parents=True, exist_ok=True)
         store = cls(folder)
         db = _connect(store.db_path)
         try:
+            if store._schema_version(db) == SCHEMA_VERSION:
+                return store
             db.execute("BEGIN IMMEDIATE")
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            version = int(row[0]) if row else 0
+            version = store._schema_version(db)
             if version > SCHEMA_VERSION:
                 db.execute("ROLLBACK")
                 raise RagtuneError(
@@ -127,6 +132,14 @@ class Store:
         finally:
             db.close()
         return store
+
+    @staticmethod
+    def _schema_version(db: sqlite3.Connection) -> int:
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.OperationalError:  # no meta table yet: a new collection
+            return 0
+        return int(row[0]) if row else 0
 
     def connect(self, shared: bool = False) -> sqlite3.Connection:
         """A connection; `shared=True` allows use from several threads (guard it with a lock)."""

@@ -255,3 +255,22 @@ def test_embedder_batches_are_length_sorted_normalised_and_in_order(tiny_setting
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
     for text, vec in zip(texts, vecs, strict=True):  # input order is kept
         assert np.allclose(vec, emb.encode([text])[0], atol=1e-5)
+
+
+def test_collection_is_a_platform_retriever(tiny_settings):
+    from ragtune.platform.types import Retriever
+
+    assert isinstance(Collection.open("docs", tiny_settings), Retriever)
+
+
+def test_newer_schema_is_refused_and_left_alone(tiny_settings, corpus):
+    col = Collection.open("docs", tiny_settings)
+    col.add([corpus])
+    db = col.store.connect()
+    db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    db.close()
+    with pytest.raises(RagtuneError, match="newer than this ragtune"):
+        Collection.open("docs", tiny_settings)
+    db = col.store.connect()
+    assert db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] > 0
+    db.close()
