@@ -79,3 +79,39 @@ def corpus(tmp_path) -> Path:
     (d / ".hidden" / "secret.txt").write_text("hidden folder text must not be ingested")
     (d / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")
     return d
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer_dir(tmp_path_factory) -> Path:
+    """The real SmolLM2 tokenizer (with its chat template), read once from the embedded GGUF."""
+    from transformers import AutoTokenizer
+
+    from ragtune.platform.models import embedded_gguf
+
+    gguf = embedded_gguf()
+    d = tmp_path_factory.mktemp("smollm-tokenizer")
+    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory, smollm_tokenizer_dir) -> Path:
+    """A 2-layer, 32-wide Llama with the real SmolLM2 tokenizer: a stand-in base model."""
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    d = tmp_path_factory.mktemp("tiny-lm")
+    tok = AutoTokenizer.from_pretrained(str(smollm_tokenizer_dir))
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                      max_position_embeddings=512, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id,
+                      initializer_range=0.5)  # logits with range: LoRA can move them
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    for f in Path(smollm_tokenizer_dir).iterdir():
+        shutil.copy2(f, d / f.name)
+    return d

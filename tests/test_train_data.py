@@ -1,0 +1,104 @@
+"""Training data: formats, validation with line numbers, dedup, split, assistant-only labels."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from ragtune import RagtuneError
+from ragtune.train.data import encode, load_examples
+
+
+@pytest.fixture(scope="module")
+def tok(smollm_tokenizer_dir):
+    return AutoTokenizer.from_pretrained(str(smollm_tokenizer_dir))
+
+
+def chat(q: str, a: str, system: str | None = None) -> dict:
+    msgs = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    return {"messages": msgs}
+
+
+def write(path, rows):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_three_formats_detected_and_normalised(tok, tmp_path):
+    rows = [chat(f"q{i}", f"a{i}") for i in range(4)]
+    rows += [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(3)]
+    rows += [{"instruction": f"do {i}", "input": "with this", "output": f"done {i}"} for i in range(3)]
+    rep = load_examples(write(tmp_path / "d.jsonl", rows), tok)
+    assert rep.formats == {"chat": 4, "prompt-completion": 3, "alpaca": 3}
+    everything = rep.train + rep.val
+    alpaca = next(e for e in everything if e.messages[-1]["content"] == "done 1")
+    assert alpaca.messages[0] == {"role": "user", "content": "do 1\n\nwith this"}
+    assert len(rep.sha256) == 64
+
+
+def test_problems_reported_with_line_numbers(tok, tmp_path):
+    rows = [
+        chat("fine", "ok"),                                                    # 1
+        "{not json",                                                           # 2
+        {"messages": [{"role": "robot", "content": "x"},
+                      {"role": "assistant", "content": "y"}]},                 # 3
+        {"messages": [{"role": "user", "content": "only a question"}]},        # 4
+        chat("question", "   "),                                               # 5
+        chat("long " * 400, "answer"),                                         # 6
+        {"foo": "bar"},                                                        # 7
+        chat("also fine", "ok too"),                                           # 8
+        chat("third", "fine"),                                                 # 9
+    ]
+    rep = load_examples(write(tmp_path / "d.jsonl", rows), tok, max_seq_len=128)
+    reasons = dict(rep.problems)
+    assert sorted(reasons) == [2, 3, 4, 5, 6, 7]
+    assert "bad JSON" in reasons[2] and "unknown role 'robot'" in reasons[3]
+    assert "assistant" in reasons[4] and "empty" in reasons[5]
+    assert "longer than max_seq_len 128" in reasons[6] and "unknown format" in reasons[7]
+    assert len(rep.train) + len(rep.val) == 3
+    assert "line 2: bad JSON" in rep.summary()
+
+
+def test_strict_fails_before_training(tok, tmp_path):
+    path = write(tmp_path / "d.jsonl", [chat("a", "b"), "{oops", chat("c", "d"), chat("e", "f")])
+    with pytest.raises(RagtuneError, match="line 2"):
+        load_examples(path, tok, strict=True)
+
+
+def test_duplicates_exact_and_normalised(tok, tmp_path):
+    rows = [chat("How are you?", "Fine."), chat("How are you?", "Fine."),
+            chat("how  are YOU?", " fine. "), chat("Different", "Yes"), chat("Other", "No")]
+    rep = load_examples(write(tmp_path / "d.jsonl", rows), tok)
+    assert rep.exact_duplicates == 1 and rep.normalised_duplicates == 1
+    assert len(rep.train) + len(rep.val) == 3
+
+
+def test_seeded_split_is_reproducible_and_holds_out_enough(tok, tmp_path):
+    path = write(tmp_path / "d.jsonl", [chat(f"q{i}", f"a{i}") for i in range(50)])
+    a = load_examples(path, tok, seed=1)
+    b = load_examples(path, tok, seed=1)
+    c = load_examples(path, tok, seed=2)
+    assert [e.line for e in a.val] == [e.line for e in b.val] != [e.line for e in c.val]
+    assert len(a.val) == 5 and len(a.train) == 45
+    small = load_examples(write(tmp_path / "s.jsonl", [chat(f"q{i}", f"a{i}") for i in range(12)]),
+                          tok)
+    assert len(small.val) == 4  # at least a few, even below 10%
+
+
+def test_too_few_examples_is_a_clear_error(tok, tmp_path):
+    with pytest.raises(RagtuneError, match="at least 2"):
+        load_examples(write(tmp_path / "d.jsonl", [chat("a", "b")]), tok)
+
+
+def test_only_assistant_tokens_carry_loss(tok):
+    msgs = chat("What is 2+2?", '{"answer": 4}', system="Reply in JSON.")["messages"]
+    msgs += [{"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": "6"}]
+    ids, labels = encode(tok, msgs)
+    assert len(ids) == len(labels)
+    learned = tok.decode([i for i, lab in zip(ids, labels, strict=True) if lab != -100])
+    assert learned == '{"answer": 4}<|im_end|>\n6<|im_end|>\n'
+    ignored = tok.decode([i for i, lab in zip(ids, labels, strict=True) if lab == -100])
+    assert "What is 2+2?" in ignored and "Reply in JSON." in ignored and "answer" not in ignored

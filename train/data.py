@@ -1,0 +1,202 @@
+"""Training data: detect the format, validate with line numbers, deduplicate, split.
+
+Formats, detected per line: OpenAI chat fine-tuning (`{"messages": [...]}`),
+`{"prompt", "completion"}`, and Alpaca (`{"instruction", "input", "output"}`).
+Everything becomes a list of chat messages. Problems are reported by line; `strict` turns
+them into an error before any training starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragtune.platform.errors import RagtuneError
+from ragtune.platform.prompt import render
+
+ROLES = {"system", "user", "assistant"}
+
+
+@dataclass
+class Example:
+    messages: list[dict[str, str]]
+    line: int
+
+
+@dataclass
+class DataReport:
+    path: str
+    sha256: str
+    formats: dict[str, int] = field(default_factory=dict)
+    lines: int = 0
+    problems: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
+    exact_duplicates: int = 0
+    normalised_duplicates: int = 0
+    train: list[Example] = field(default_factory=list)
+    val: list[Example] = field(default_factory=list)
+
+    def summary(self) -> str:
+        fmt = ", ".join(f"{k}: {v}" for k, v in self.formats.items()) or "none"
+        out = [
+            f"data {self.path}: {self.lines} lines ({fmt}); {len(self.problems)} skipped; "
+            f"duplicates removed: {self.exact_duplicates} exact, {self.normalised_duplicates} "
+            f"after whitespace/case normalisation; {len(self.train)} train, {len(self.val)} val"
+        ]
+        out += [f"  line {n}: {why}" for n, why in self.problems[:50]]
+        if len(self.problems) > 50:
+            out.append(f"  ... and {len(self.problems) - 50} more")
+        return "\n".join(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256, "formats": self.formats,
+                "lines": self.lines, "problems": self.problems,
+                "exact_duplicates": self.exact_duplicates,
+                "normalised_duplicates": self.normalised_duplicates,
+                "train": len(self.train), "val": len(self.val)}
+
+
+def to_messages(obj: Any) -> tuple[str, list[dict[str, str]]]:
+    """(format name, messages) for one parsed line; ValueError with the reason otherwise."""
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    if "messages" in obj:
+        msgs = obj["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise ValueError("'messages' must be a non-empty list")
+        out = []
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or "role" not in m:
+                raise ValueError(f"message {i} has no 'role'")
+            if m["role"] not in ROLES:
+                raise ValueError(f"message {i} has unknown role {m['role']!r} (use {sorted(ROLES)})")
+            content = m.get("content")
+            if not isinstance(content, str) or not content.strip():
+                raise ValueError(f"message {i} ({m['role']}) has empty content")
+            out.append({"role": m["role"], "content": content})
+        fmt = "chat"
+    elif "prompt" in obj and "completion" in obj:
+        out = [{"role": "user", "content": str(obj["prompt"] or "")},
+               {"role": "assistant", "content": str(obj["completion"] or "")}]
+        fmt = "prompt-completion"
+    elif "instruction" in obj and "output" in obj:
+        user = str(obj["instruction"] or "")
+        if obj.get("input"):
+            user = f"{user}\n\n{obj['input']}"
+        out = [{"role": "user", "content": user},
+               {"role": "assistant", "content": str(obj["output"] or "")}]
+        fmt = "alpaca"
+    else:
+        raise ValueError(
+            "unknown format: expected 'messages', 'prompt'+'completion', or "
+            "'instruction'+'output' (fields: " + ", ".join(sorted(obj)) + ")")
+    for m in out:
+        if not m["content"].strip():
+            raise ValueError(f"{m['role']} content is empty")
+    if not any(m["role"] == "assistant" for m in out):
+        raise ValueError("no assistant turn: nothing to learn from")
+    if out[-1]["role"] != "assistant":
+        raise ValueError("the last message is not from the assistant")
+    return fmt, out
+
+
+def _norm(messages: list[dict[str, str]]) -> str:
+    return json.dumps([(m["role"], re.sub(r"\s+", " ", m["content"]).strip().lower())
+                       for m in messages])
+
+
+def load_examples(
+    path: str | Path,
+    tokenizer: Any,
+    max_seq_len: int = 1024,
+    strict: bool = False,
+    val_fraction: float = 0.1,
+    min_val: int = 4,
+    seed: int = 0,
+) -> DataReport:
+    """Read, validate, dedupe and split a JSONL file of examples."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise RagtuneError(f"cannot read training data {path}: {e.strerror}") from e
+    report = DataReport(str(path), hashlib.sha256(raw).hexdigest())
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise RagtuneError(f"{path} is not UTF-8 (byte offset {e.start}): convert it") from e
+    seen_exact: set[str] = set()
+    seen_norm: set[str] = set()
+    kept: list[Example] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        report.lines += 1
+        try:
+            fmt, messages = to_messages(json.loads(line))
+        except json.JSONDecodeError as e:
+            report.problems.append((n, f"bad JSON: {e.msg} at column {e.colno}"))
+            continue
+        except ValueError as e:
+            report.problems.append((n, str(e)))
+            continue
+        length = len(tokenizer(render(tokenizer, messages), add_special_tokens=False).input_ids)
+        if length > max_seq_len:
+            report.problems.append((n, f"{length} tokens is longer than max_seq_len {max_seq_len}"))
+            continue
+        exact = json.dumps(messages, sort_keys=True)
+        if exact in seen_exact:
+            report.exact_duplicates += 1
+            continue
+        norm = _norm(messages)
+        if norm in seen_norm:
+            report.normalised_duplicates += 1
+            continue
+        seen_exact.add(exact)
+        seen_norm.add(norm)
+        report.formats[fmt] = report.formats.get(fmt, 0) + 1
+        kept.append(Example(messages, n))
+    if strict and report.problems:
+        first = "; ".join(f"line {n}: {why}" for n, why in report.problems[:5])
+        raise RagtuneError(
+            f"{path}: {len(report.problems)} bad example(s) and --strict is set ({first}): "
+            "fix them or drop --strict to skip them")
+    if len(kept) < 2:
+        raise RagtuneError(
+            f"{path} has {len(kept)} usable example(s) after validation and dedup: "
+            "training needs at least 2 (one to learn, one to hold out)")
+    rng = random.Random(seed)
+    order = list(range(len(kept)))
+    rng.shuffle(order)
+    n_val = max(min(min_val, len(kept) // 2), round(len(kept) * val_fraction))
+    n_val = min(n_val, len(kept) - 1)
+    report.val = [kept[i] for i in sorted(order[:n_val])]
+    report.train = [kept[i] for i in sorted(order[n_val:])]
+    return report
+
+
+def encode(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) through the model's chat template; labels are -100 everywhere but
+    on assistant tokens (their content and end-of-turn marker), so only answers carry loss."""
+    full = render(tokenizer, messages)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prefix = render(tokenizer, messages[:i], add_generation_prompt=True)
+        upto = render(tokenizer, messages[: i + 1])
+        if not full.startswith(prefix) or not full.startswith(upto):
+            raise RagtuneError(
+                "the chat template does not render conversations prefix-stably, so assistant "
+                "tokens cannot be located: use a model with a standard chat template")
+        spans.append((len(prefix), len(upto)))
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    labels = []
+    for tok, (start, end) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
+        inside = any(a <= start < b for a, b in spans) and end > start
+        labels.append(tok if inside else -100)
+    return list(enc["input_ids"]), labels

@@ -1,0 +1,127 @@
+"""`ragtune train DATA --name NAME`: data checks -> LoRA -> evaluation card -> registry.
+
+Reads top to bottom, like a torchtune recipe. Each run works in `jobs/train-<name>-<id>/`
+(checkpoints, the best adapter); only a finished, evaluated adapter becomes a registry version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ragtune.platform.errors import RagtuneError
+from ragtune.platform.models import load_generator, resolve_generator
+from ragtune.platform.prompt import chat_template_hash
+from ragtune.platform.settings import Settings
+from ragtune.train import evaluate as ev
+from ragtune.train import registry
+from ragtune.train.data import load_examples
+from ragtune.train.lora import TrainConfig, pick_device, train
+
+
+@dataclass
+class TrainJob:
+    data: Path
+    name: str
+    base: str | None = None  # generator name or path (default: settings.generator)
+    strict: bool = False
+    json_schema: Path | None = None
+    resume: bool = False
+    run_id: str | None = None  # a run folder name under jobs/ (resume needs the same one)
+    val_fraction: float = 0.1
+    eval_prompts: int = 24
+    max_new_tokens: int = 128
+    forgetting_margin: float = 0.10
+
+
+def run_dir_for(settings: Settings, job: TrainJob, data_sha: str) -> Path:
+    """Deterministic per (name, data): `--resume` finds the run a killed command left."""
+    run_id = job.run_id or f"train-{job.name}-{data_sha[:10]}"
+    return settings.home / "jobs" / run_id
+
+
+def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -> dict[str, Any]:
+    registry.check_name(job.name)
+    base = job.base or settings.generator
+    base_dir = resolve_generator(base, settings)
+    schema = None
+    if job.json_schema:
+        try:
+            schema = json.loads(Path(job.json_schema).read_text())
+        except (OSError, ValueError) as e:
+            raise RagtuneError(f"--json-schema {job.json_schema}: not a readable JSON file ({e})") from e
+
+    # -- setup: base model and tokenizer on the best device --------------------------------
+    device, _ = pick_device(cfg.device)
+    model, tokenizer = load_generator(base, settings, device=device)
+
+    # -- data -------------------------------------------------------------------------------
+    report = load_examples(job.data, tokenizer, cfg.max_seq_len, job.strict, job.val_fraction,
+                           seed=cfg.seed)
+    log(report.summary())
+    run_dir = run_dir_for(settings, job, report.sha256)
+    if not job.resume and (run_dir / "checkpoint").exists():
+        log(f"note: {run_dir} holds a checkpoint from an earlier run; starting over "
+            "(pass --resume to continue it)")
+        import shutil
+
+        shutil.rmtree(run_dir)
+
+    # -- train ------------------------------------------------------------------------------
+    result = train(cfg, model, tokenizer, report.train, report.val, run_dir, resume=job.resume)
+    log(f"trained {result.steps} steps in {result.seconds:.0f}s ({result.tokens_per_s:.0f} tok/s, "
+        f"{result.device} {result.dtype}); best validation loss {result.best_val_loss:.4f} at step "
+        f"{result.best_step}" + ("; stopped early" if result.stopped_early else ""))
+
+    # -- evaluate the best adapter against the base -----------------------------------------
+    best = result.model  # a PeftModel holding the best adapter
+    embedder = None
+    try:
+        from ragtune.ingest.embedder import Embedder
+
+        embedder = Embedder(settings.embedder, settings.embed_backend)
+    except RagtuneError as e:
+        log(f"note: style similarity skipped ({e})")
+    evaluation = ev.evaluate(best, tokenizer, report.val, embedder, schema, job.eval_prompts,
+                             job.max_new_tokens, job.forgetting_margin)
+    ev.loss_plot(result.train_losses, result.history, run_dir / "loss.png")
+
+    # -- register ---------------------------------------------------------------------------
+    meta = {
+        "base_model": base,
+        "base_path": str(base_dir),
+        "base_fingerprint": registry.model_fingerprint(base_dir) if base_dir.is_dir() else
+        hashlib.sha256(f"{base_dir.name}:{base_dir.stat().st_size}".encode()).hexdigest()[:16],
+        "data_sha256": report.sha256,
+        "chat_template_hash": chat_template_hash(tokenizer),
+        "collection": None,
+        "collection_generation": None,
+        "training_config": asdict(cfg),
+    }
+    card = {
+        "meta": {**meta, "name": job.name},
+        "data": report.to_dict(),
+        "config": asdict(cfg),
+        "history": result.history,
+        "train_losses": result.train_losses,
+        "best_val_loss": result.best_val_loss,
+        "best_step": result.best_step,
+        "steps": result.steps,
+        "stopped_early": result.stopped_early,
+        "tokens_per_s": result.tokens_per_s,
+        "seconds": result.seconds,
+        "device": result.device,
+        "dtype": result.dtype,
+        "eval": evaluation,
+        "finished_at": time.time(),
+    }
+    version_dir = registry.register(settings, job.name, result.best_dir, meta,
+                                    extra_files={"loss.png": run_dir / "loss.png"}, card=card,
+                                    card_md=ev.card_markdown(card))
+    card["version"] = version_dir.name
+    card["path"] = str(version_dir)
+    return card

@@ -1,0 +1,209 @@
+"""The adapter registry: `adapters/<name>/<version>/`, standard PEFT files plus a card.
+
+    adapters/support-voice/
+        v1/  adapter_config.json  adapter_model.safetensors  card.json  README.md
+             loss.png  ragtune_adapter.json (base model + fingerprint, data sha256,
+             chat-template hash, collection generation, training config)
+        aliases.json   {"latest": "v2", "production": "v1"}
+
+A version appears only when complete (built in a temp folder, then renamed), so a killed run
+leaves no half version. Only safetensors are loaded: never a pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ragtune.platform.errors import RagtuneError
+from ragtune.platform.settings import Settings
+
+META = "ragtune_adapter.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ALIASES = ("latest", "production")
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise RagtuneError(f"adapter name {name!r} is not allowed: use letters, digits, '.', '_', '-'")
+    return name
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """A cheap identity of a base model folder: its config and the sizes of its weight files."""
+    h = hashlib.sha256()
+    cfg = model_dir / "config.json"
+    if cfg.exists():
+        h.update(cfg.read_bytes())
+    for f in sorted(model_dir.glob("*.safetensors")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def _versions(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    vs = [d.name for d in folder.iterdir() if re.fullmatch(r"v\d+", d.name) and (d / META).exists()]
+    return sorted(vs, key=lambda v: int(v[1:]))
+
+
+def _aliases(folder: Path) -> dict[str, str]:
+    path = folder / "aliases.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_aliases(folder: Path, aliases: dict[str, str]) -> None:
+    tmp = folder / f".aliases.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(aliases, indent=2))
+    os.replace(tmp, folder / "aliases.json")
+
+
+def register(settings: Settings, name: str, adapter_dir: Path, meta: dict[str, Any],
+             extra_files: dict[str, Path] | None = None, card: dict[str, Any] | None = None,
+             card_md: str | None = None) -> Path:
+    """Copy a finished adapter into a new version folder atomically; returns the folder."""
+    folder = settings.adapters_dir / check_name(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (adapter_dir / "adapter_model.safetensors").exists():
+        raise RagtuneError(f"{adapter_dir} holds no adapter_model.safetensors: nothing to register")
+    tmp = folder / f".incoming-{os.getpid()}-{time.time_ns()}"
+    shutil.copytree(adapter_dir, tmp)
+    for target, source in (extra_files or {}).items():
+        shutil.copy2(source, tmp / target)
+    if card is not None:
+        (tmp / "card.json").write_text(json.dumps(card, indent=2, default=str))
+    if card_md is not None:
+        (tmp / "README.md").write_text(card_md)
+    existing = _versions(folder)
+    # numbers are never reused, even after a delete
+    last = max([int(v[1:]) for v in existing] + [int(_aliases(folder).get("_last", "0"))])
+    version = f"v{last + 1}"
+    meta = {**meta, "name": name, "version": version, "created_at": time.time()}
+    (tmp / META).write_text(json.dumps(meta, indent=2, default=str))
+    os.replace(tmp, folder / version)  # the commit point: the version exists, complete
+    aliases = _aliases(folder)
+    aliases.update({"latest": version, "_last": str(last + 1)})
+    _write_aliases(folder, aliases)
+    return folder / version
+
+
+def resolve(settings: Settings, ref: str) -> Path:
+    """`name`, `name@v3`, `name@production` -> the version folder (default: latest)."""
+    name, _, which = ref.partition("@")
+    folder = settings.adapters_dir / check_name(name)
+    versions = _versions(folder)
+    if not versions:
+        known = ", ".join(sorted(d.name for d in settings.adapters_dir.glob("*") if _versions(d)))
+        raise RagtuneError(
+            f"no adapter named {name!r} in {settings.adapters_dir} (known: {known or 'none'}): "
+            "train one with `ragtune train DATA --name NAME`")
+    which = which or "latest"
+    version = _aliases(folder).get(which, which)
+    if version not in versions:
+        raise RagtuneError(
+            f"adapter {name!r} has no version or alias {which!r} (versions: {', '.join(versions)})")
+    return folder / version
+
+
+def read_meta(version_dir: Path) -> dict[str, Any]:
+    return json.loads((version_dir / META).read_text())
+
+
+def list_adapters(settings: Settings) -> list[dict[str, Any]]:
+    rows = []
+    if settings.adapters_dir.is_dir():
+        for folder in sorted(settings.adapters_dir.iterdir()):
+            aliases = {k: v for k, v in _aliases(folder).items() if not k.startswith("_")}
+            for v in _versions(folder):
+                meta = read_meta(folder / v)
+                card = json.loads((folder / v / "card.json").read_text()) if (
+                    folder / v / "card.json").exists() else {}
+                rows.append({"name": folder.name, "version": v, "base": meta.get("base_model"),
+                             "aliases": [a for a, t in aliases.items() if t == v],
+                             "created_at": meta.get("created_at"),
+                             "val_loss": card.get("best_val_loss"),
+                             "path": str(folder / v)})
+    return rows
+
+
+def promote(settings: Settings, ref: str, alias: str = "production") -> str:
+    if alias not in ALIASES:
+        raise RagtuneError(f"alias {alias!r} is not one of {', '.join(ALIASES)}")
+    version_dir = resolve(settings, ref)
+    aliases = _aliases(version_dir.parent)
+    aliases[alias] = version_dir.name
+    _write_aliases(version_dir.parent, aliases)
+    return version_dir.name
+
+
+def delete(settings: Settings, ref: str) -> list[str]:
+    """Delete one version (`name@v2`) or, with a bare name, every version of the adapter."""
+    name, _, which = ref.partition("@")
+    folder = settings.adapters_dir / check_name(name)
+    if not which:
+        gone = _versions(folder)
+        if not gone:
+            resolve(settings, name)  # raises the clear error
+        shutil.rmtree(folder)
+        return gone
+    version_dir = resolve(settings, ref)
+    aliases = _aliases(folder)
+    shutil.rmtree(version_dir)
+    left = _versions(folder)
+    for alias, target in list(aliases.items()):
+        if target == version_dir.name:
+            if alias == "latest" and left:
+                aliases[alias] = left[-1]
+            else:
+                del aliases[alias]
+    _write_aliases(folder, aliases)
+    return [version_dir.name]
+
+
+def attach(model: Any, version_dir: Path, base_dir: Path, adapter_name: str = "default",
+           tokenizer: Any = None) -> Any:
+    """Load an adapter onto its base model with peft, refusing a mismatched base and any
+    non-safetensors weights; warns when the serving chat template has drifted."""
+    from peft import PeftModel
+
+    from ragtune.platform.prompt import chat_template_hash
+
+    meta = read_meta(version_dir)
+    if not (version_dir / "adapter_model.safetensors").exists() or list(version_dir.glob("*.bin")):
+        raise RagtuneError(f"{version_dir}: only safetensors adapters are loaded (no pickle)")
+    fingerprint = model_fingerprint(base_dir)
+    if meta.get("base_fingerprint") and meta["base_fingerprint"] != fingerprint:
+        raise RagtuneError(
+            f"adapter {meta['name']}@{meta['version']} was trained on base "
+            f"{meta.get('base_model')!r} ({meta['base_fingerprint']}), not on {base_dir} "
+            f"({fingerprint}): load it onto its own base model")
+    if tokenizer is not None and meta.get("chat_template_hash") not in (
+            None, chat_template_hash(tokenizer)):
+        warnings.warn(
+            f"adapter {meta['name']}@{meta['version']}: the chat template differs from the one it "
+            "was trained with; answers may degrade", stacklevel=2)
+    if isinstance(model, PeftModel):
+        model.load_adapter(str(version_dir), adapter_name=adapter_name)
+        return model
+    return PeftModel.from_pretrained(model, str(version_dir), adapter_name=adapter_name)
+
+
+def merge(model: Any, tokenizer: Any, version_dir: Path, base_dir: Path, out: Path) -> Path:
+    """Export base + adapter merged into one plain model folder (for engines without LoRA)."""
+    peft_model = attach(model, version_dir, base_dir, tokenizer=tokenizer)
+    merged = peft_model.merge_and_unload()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
