@@ -272,6 +272,16 @@ def train_cmd(
                                                           "satisfy (scored on the card)")] = None,
     eval_prompts: Annotated[int, typer.Option(help="held-out prompts generated for the card")
                             ] = 24,
+    max_new_tokens: Annotated[int, typer.Option(help="token budget per card generation")] = 128,
+    with_context: Annotated[str | None, typer.Option(help="collection: train on prompts that "
+                                                          "carry retrieved chunks (RAFT-style)")
+                            ] = None,
+    context_k: Annotated[int, typer.Option(help="chunks per prompt with --with-context")] = 4,
+    no_oracle_share: Annotated[float, typer.Option(help="share taught 'not in the documents'")
+                               ] = 0.2,
+    facts_collection: Annotated[str | None, typer.Option(help="report answers' facts that "
+                                                              "live in this collection")] = None,
+    strip_facts: Annotated[bool, typer.Option(help="mask those facts out of the loss")] = False,
     resume: Annotated[bool, typer.Option(help="continue the killed run for this name and data")
                       ] = False,
     as_json: JsonOpt = False,
@@ -291,7 +301,12 @@ def train_cmd(
                       max_steps=max_steps, gradient_checkpointing=gradient_checkpointing,
                       device=device)
     job = TrainJob(data=data, name=name, base=base, strict=strict, json_schema=json_schema,
-                   resume=resume, val_fraction=val_fraction, eval_prompts=eval_prompts)
+                   resume=resume, val_fraction=val_fraction, eval_prompts=eval_prompts,
+                   max_new_tokens=max_new_tokens, with_context=with_context,
+                   context_k=context_k, no_oracle_share=no_oracle_share,
+                   facts_collection=facts_collection, strip_facts=strip_facts)
+    if strip_facts and not facts_collection:
+        raise RagtuneError("--strip-facts needs --facts-collection COLLECTION to know the facts")
     log = (lambda *a: typer.echo(*a, err=True)) if as_json else typer.echo
     card = run(_settings(), job, cfg, log=log)
     if as_json:

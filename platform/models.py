@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.platform.errors import RagtuneError
-from ragtune.platform.progress import progress
+from ragtune.platform.progress import progress, quiet_hf_when_piped
 from ragtune.platform.settings import DEFAULT_EMBEDDER, DEFAULT_GENERATOR, Settings
 
 MARKER = "ragtune_model.json"  # written last: a folder without it is an unfinished import
@@ -98,10 +97,8 @@ def import_generator(
         return StoredModel(name, dest, json.loads((dest / MARKER).read_text()))
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    if not sys.stderr.isatty():
-        hf_logging.disable_progress_bar()  # our own step lines say enough in a log
+    quiet_hf_when_piped()  # our own step lines say enough in a log
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=settings.models_dir))
     try:
@@ -192,6 +189,7 @@ def load_generator(name_or_path: str, settings: Settings, device: str | None = N
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_hf_when_piped()
     path = resolve_generator(name_or_path, settings)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32

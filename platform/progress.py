@@ -44,3 +44,11 @@ def progress(total: int | None, desc: str, unit: str = "it") -> Iterator[tqdm | 
         yield bar
     finally:
         bar.close()
+
+
+def quiet_hf_when_piped() -> None:
+    """transformers' own bars (loading weights, writing shards) are noise in a log."""
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()

@@ -26,6 +26,7 @@ ROLES = {"system", "user", "assistant"}
 class Example:
     messages: list[dict[str, str]]
     line: int
+    mask_facts: list[str] = field(default_factory=list)  # kept out of the loss (facts guard)
 
 
 @dataclass
@@ -179,11 +180,13 @@ def load_examples(
     return report
 
 
-def encode(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+def encode(tokenizer: Any, messages: list[dict[str, str]], mask_facts: list[str] = ()
+           ) -> tuple[list[int], list[int]]:
     """(input_ids, labels) through the model's chat template; labels are -100 everywhere but
-    on assistant tokens (their content and end-of-turn marker), so only answers carry loss."""
+    on assistant tokens (their content and end-of-turn marker), so only answers carry loss.
+    Occurrences of `mask_facts` inside answers are kept out of the loss too."""
     full = render(tokenizer, messages)
-    spans = []
+    spans, masked = [], []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
@@ -194,9 +197,15 @@ def encode(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], l
                 "the chat template does not render conversations prefix-stably, so assistant "
                 "tokens cannot be located: use a model with a standard chat template")
         spans.append((len(prefix), len(upto)))
+        if mask_facts:
+            from ragtune.train.facts import mask_spans
+
+            at = full.index(m["content"], len(prefix))
+            masked += [(at + a, at + b) for a, b in mask_spans(m["content"], list(mask_facts))]
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     labels = []
     for tok, (start, end) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
         inside = any(a <= start < b for a, b in spans) and end > start
-        labels.append(tok if inside else -100)
+        hidden = any(start < b and end > a for a, b in masked)
+        labels.append(tok if inside and not hidden else -100)
     return list(enc["input_ids"]), labels

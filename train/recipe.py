@@ -36,6 +36,20 @@ class TrainJob:
     eval_prompts: int = 24
     max_new_tokens: int = 128
     forgetting_margin: float = 0.10
+    with_context: str | None = None  # collection: RAFT-style prompts with retrieved chunks
+    context_k: int = 4
+    no_oracle_share: float = 0.2  # share of examples taught "the documents do not say"
+    facts_collection: str | None = None  # report (and with strip_facts, mask) index facts
+    strip_facts: bool = False
+
+
+def _chunk_texts(collection: Any) -> list[tuple[str, str]]:
+    db = collection.store.connect()
+    try:
+        return [(r[0], r[1]) for r in db.execute(
+            "SELECT d.source, c.text FROM chunks c JOIN documents d ON c.doc_id=d.id ORDER BY c.id")]
+    finally:
+        db.close()
 
 
 def run_dir_for(settings: Settings, job: TrainJob, data_sha: str) -> Path:
@@ -63,6 +77,39 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
     report = load_examples(job.data, tokenizer, cfg.max_seq_len, job.strict, job.val_fraction,
                            seed=cfg.seed)
     log(report.summary())
+    train_set, val_set = report.train, report.val
+
+    # -- retrieval-aware prompts (RAFT-style, hard negatives from our own retriever) ---------
+    context_info = None
+    if job.with_context:
+        from ragtune.ingest.collection import Collection
+        from ragtune.train.context import with_context
+
+        col = Collection.open(job.with_context, settings, create=False)
+        generation = col.info()["generation"]
+        train_set, ctx_report = with_context(train_set, col, job.with_context, generation,
+                                             job.context_k, job.no_oracle_share, seed=cfg.seed)
+        val_set, _ = with_context(val_set, col, job.with_context, generation, job.context_k,
+                                  job.no_oracle_share, seed=cfg.seed + 1)
+        context_info = asdict(ctx_report)
+        log(f"with context from {job.with_context!r} (generation {generation}, k={job.context_k}):"
+            f" {ctx_report.with_oracle} cite a supporting chunk, {ctx_report.without_oracle} "
+            f"teach 'not in the documents', {ctx_report.oracle_not_found} found no support")
+
+    # -- the fact-memorisation guard ---------------------------------------------------------
+    facts_report, fact_chunks = None, []
+    if job.facts_collection:
+        from ragtune.ingest.collection import Collection
+        from ragtune.train.facts import find_facts
+
+        fact_chunks = _chunk_texts(Collection.open(job.facts_collection, settings, create=False))
+        facts_report = find_facts(report.train + report.val, fact_chunks, job.facts_collection)
+        if job.strip_facts and facts_report.facts:
+            facts_report.stripped = True
+            for ex in train_set + val_set:
+                ex.mask_facts = list(facts_report.facts)
+        log(facts_report.summary())
+
     run_dir = run_dir_for(settings, job, report.sha256)
     if not job.resume and (run_dir / "checkpoint").exists():
         log(f"note: {run_dir} holds a checkpoint from an earlier run; starting over "
@@ -72,7 +119,7 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
         shutil.rmtree(run_dir)
 
     # -- train ------------------------------------------------------------------------------
-    result = train(cfg, model, tokenizer, report.train, report.val, run_dir, resume=job.resume)
+    result = train(cfg, model, tokenizer, train_set, val_set, run_dir, resume=job.resume)
     log(f"trained {result.steps} steps in {result.seconds:.0f}s ({result.tokens_per_s:.0f} tok/s, "
         f"{result.device} {result.dtype}); best validation loss {result.best_val_loss:.4f} at step "
         f"{result.best_step}" + ("; stopped early" if result.stopped_early else ""))
@@ -86,8 +133,15 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
         embedder = Embedder(settings.embedder, settings.embed_backend)
     except RagtuneError as e:
         log(f"note: style similarity skipped ({e})")
-    evaluation = ev.evaluate(best, tokenizer, report.val, embedder, schema, job.eval_prompts,
+    evaluation = ev.evaluate(best, tokenizer, val_set, embedder, schema, job.eval_prompts,
                              job.max_new_tokens, job.forgetting_margin)
+    if facts_report is not None:
+        from ragtune.train.facts import candidates, cloze_probes, run_probe
+
+        facts = list(facts_report.facts) or sorted(
+            {c for _, t in fact_chunks[:200] for c in candidates(t)})
+        facts_report.probe = run_probe(best, tokenizer, cloze_probes(fact_chunks, facts))
+        log(f"memorisation probe: {facts_report.probe}")
     ev.loss_plot(result.train_losses, result.history, run_dir / "loss.png")
 
     # -- register ---------------------------------------------------------------------------
@@ -98,8 +152,8 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
         hashlib.sha256(f"{base_dir.name}:{base_dir.stat().st_size}".encode()).hexdigest()[:16],
         "data_sha256": report.sha256,
         "chat_template_hash": chat_template_hash(tokenizer),
-        "collection": None,
-        "collection_generation": None,
+        "collection": job.with_context,
+        "collection_generation": context_info["generation"] if context_info else None,
         "training_config": asdict(cfg),
     }
     card = {
@@ -117,6 +171,8 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
         "device": result.device,
         "dtype": result.dtype,
         "eval": evaluation,
+        "context": context_info,
+        "facts": asdict(facts_report) if facts_report else None,
         "finished_at": time.time(),
     }
     version_dir = registry.register(settings, job.name, result.best_dir, meta,

@@ -195,6 +195,17 @@ def attach(model: Any, version_dir: Path, base_dir: Path, adapter_name: str = "d
     return PeftModel.from_pretrained(model, str(version_dir), adapter_name=adapter_name)
 
 
+def check_collection_drift(version_dir: Path, generation: int) -> None:
+    """Warn when an adapter trained with context meets a collection that has moved on."""
+    meta = read_meta(version_dir)
+    trained = meta.get("collection_generation")
+    if trained is not None and trained != generation:
+        warnings.warn(
+            f"adapter {meta['name']}@{meta['version']} was trained against collection "
+            f"{meta.get('collection')!r} generation {trained}; it is now at {generation}",
+            stacklevel=2)
+
+
 def merge(model: Any, tokenizer: Any, version_dir: Path, base_dir: Path, out: Path) -> Path:
     """Export base + adapter merged into one plain model folder (for engines without LoRA)."""
     peft_model = attach(model, version_dir, base_dir, tokenizer=tokenizer)
