@@ -41,6 +41,8 @@ demo: install
 
 bench: install
 	$(PY) bench/ingest.py
+	$(VENV)/bin/ragtune models import
+	$(PY) bench/train.py
 
 lint: install
 	$(VENV)/bin/ruff check .

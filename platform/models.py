@@ -113,6 +113,8 @@ def import_generator(
             # set; the weights are already dequantized to fp32, so clearing it is safe.
             model.hf_quantizer = None
             model.is_quantized = False
+            if hasattr(model.config, "quantization_config"):  # else reloads claim to be GGUF
+                del model.config.quantization_config
             model.save_pretrained(tmp, safe_serialization=True)
             bar.update(1)
             tokenizer.save_pretrained(tmp)

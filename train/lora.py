@@ -123,15 +123,41 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int, device: str
             "labels": labels.to(device)}
 
 
+_SCALED_LOGITS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
+
+
+def _split_head(model: Any) -> tuple[Any, Any] | None:
+    """(decoder, lm_head) when logits are a plain projection of the last hidden state."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if any(getattr(lm.config, k, None) for k in _SCALED_LOGITS):
+        return None
+    try:
+        decoder, head = lm.get_decoder(), lm.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    return (decoder, head) if decoder is not None and head is not None else None
+
+
 def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed next-token loss over label tokens, and their count (for exact token weighting)."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    logits = out.logits[:, :-1].float()
+    """Summed next-token loss over label tokens, and their count (for exact token weighting).
+
+    The vocabulary projection runs only at positions that carry a label: prompts, system
+    messages and padding never pay for the 49k-wide head (and its float32 logits), which is
+    most of the speed-up over a plain `Trainer` on CPU.
+    """
     target = batch["labels"][:, 1:]
-    loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100,
-        reduction="sum")
-    return loss, int((target != -100).sum())
+    keep = target != -100
+    parts = _split_head(model)
+    if parts is None:  # models with scaled or capped logits: the full forward
+        logits = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).logits[:, :-1][keep]
+    else:
+        decoder, head = parts
+        hidden = decoder(input_ids=batch["input_ids"],
+                         attention_mask=batch["attention_mask"]).last_hidden_state
+        logits = head(hidden[:, :-1][keep])
+    loss = torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction="sum")
+    return loss, int(keep.sum())
 
 
 @torch.no_grad()
@@ -349,8 +375,8 @@ def train(
                             done = True
                     if state["step"] >= total_steps:
                         done = True
-                    if state["step"] % cfg.save_every == 0 or done:
-                        checkpoint()
+                    if state["step"] % cfg.save_every == 0 and not done:
+                        checkpoint()  # a finished run needs none: its best adapter is saved
                     if end_of_epoch:
                         break  # the next epoch draws its own batch order
     except KeyboardInterrupt:

@@ -26,6 +26,8 @@ def test_models_import_once_then_load_and_chat():
     for name in ("config.json", "model.safetensors", "tokenizer.json", MARKER):
         assert (folder / name).exists(), name
     assert first.info["chat_template"] is True
+    config = json.loads((folder / "config.json").read_text())
+    assert "quantization_config" not in config  # a plain fp32 model, trainable
     stamp = (folder / MARKER).stat().st_mtime
     t0 = time.time()
     again = import_generator(settings)  # idempotent: nothing redone
