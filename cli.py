@@ -396,7 +396,8 @@ def main() -> None:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("interrupted: committed work is kept; run the same command to resume",
+        typer.echo("interrupted: committed work is kept; run the same command to go on "
+                   "(add --resume to `ragtune train`)",
                    err=True)
         sys.exit(130)
 

@@ -115,3 +115,22 @@ def tiny_lm_dir(tmp_path_factory, smollm_tokenizer_dir) -> Path:
     for f in Path(smollm_tokenizer_dir).iterdir():
         shutil.copy2(f, d / f.name)
     return d
+
+
+@pytest.fixture(scope="session")
+def imported_generator(tmp_path_factory) -> Path:
+    """The real SmolLM2 imported once per test session (~25 s); tests link it into their home."""
+    from ragtune.platform.models import import_generator
+    from ragtune.platform.settings import Settings
+
+    home = tmp_path_factory.mktemp("shared-home")
+    return import_generator(Settings(home=home)).path
+
+
+@pytest.fixture
+def real_generator(home, imported_generator) -> Path:
+    """This test's RAGTUNE_HOME with the imported SmolLM2 linked in (no second import)."""
+    models = home / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    (models / imported_generator.name).symlink_to(imported_generator)
+    return models / imported_generator.name

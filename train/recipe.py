@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -114,8 +115,6 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
     if not job.resume and (run_dir / "checkpoint").exists():
         log(f"note: {run_dir} holds a checkpoint from an earlier run; starting over "
             "(pass --resume to continue it)")
-        import shutil
-
         shutil.rmtree(run_dir)
 
     # -- train ------------------------------------------------------------------------------
@@ -180,4 +179,5 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
                                     card_md=ev.card_markdown(card))
     card["version"] = version_dir.name
     card["path"] = str(version_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)  # the version folder now holds what matters
     return card

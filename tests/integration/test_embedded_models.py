@@ -17,15 +17,16 @@ from ragtune.platform.settings import get_settings
 pytestmark = pytest.mark.integration
 
 
-def test_models_import_once_then_load_and_chat():
+def test_models_import_once_then_load_and_chat(imported_generator, monkeypatch):
     from ragtune.platform.models import MARKER, import_generator, list_models, load_generator
 
+    folder = imported_generator  # imported once for the session by the fixture
+    monkeypatch.setenv("RAGTUNE_HOME", str(folder.parent.parent))
     settings = get_settings()
-    first = import_generator(settings)
-    folder = first.path
     for name in ("config.json", "model.safetensors", "tokenizer.json", MARKER):
         assert (folder / name).exists(), name
-    assert first.info["chat_template"] is True
+    info = json.loads((folder / MARKER).read_text())
+    assert info["chat_template"] is True and info["source"].endswith(".gguf")
     config = json.loads((folder / "config.json").read_text())
     assert "quantization_config" not in config  # a plain fp32 model, trainable
     stamp = (folder / MARKER).stat().st_mtime
