@@ -16,17 +16,19 @@ class _Lines:
     """A tqdm stand-in that logs a line every ~10% instead of drawing a bar."""
 
     def __init__(self, total: int | None, desc: str):
-        self.total, self.desc, self.n, self._next = total, desc, 0, 0.1
+        self.total, self.desc, self.n, self._next, self.postfix = total, desc, 0, 0.1, ""
 
     def update(self, n: int = 1) -> None:
         self.n += n
         if self.total and self.n / self.total >= self._next:
-            print(f"{self.desc}: {self.n}/{self.total}", file=sys.stderr, flush=True)
+            extra = f" ({self.postfix})" if self.postfix else ""
+            print(f"{self.desc}: {self.n}/{self.total}{extra}", file=sys.stderr, flush=True)
             while self._next <= self.n / self.total:
                 self._next += 0.1
 
-    def set_postfix_str(self, s: str) -> None:  # noqa: D102 - tqdm's API
-        pass
+    def set_postfix_str(self, s: str) -> None:
+        """Shown with the next logged line (tqdm's API)."""
+        self.postfix = s
 
     def close(self) -> None:
         if not self.total:

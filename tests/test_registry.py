@@ -129,3 +129,29 @@ def test_merge_exports_a_plain_model(adapter_dir, tiny_lm_dir, tmp_path):
     merged = AutoModelForCausalLM.from_pretrained(str(out))(ids).logits
     assert torch.allclose(merged, with_adapter, atol=1e-4)
     assert not list(out.glob("adapter_*"))
+
+
+def test_adapters_cli_list_show_promote_delete(adapter_dir, tiny_lm_dir):
+    from typer.testing import CliRunner
+
+    from ragtune.cli import app
+
+    s = get_settings()
+    card = {"best_val_loss": 0.5, "best_step": 3, "history": [{"epoch": 1, "val_loss": 0.5}],
+            "eval": {"prompts": 2, "effect": {"differing_outputs": 2, "applied": True},
+                     "base": {"style_similarity": 0.3, "json_valid": 0.0},
+                     "adapter": {"style_similarity": 0.7, "json_valid": 1.0},
+                     "forgetting": {"perplexity_before": 10.0, "perplexity_after": 10.5,
+                                    "change": 0.05, "flagged": False}}}
+    registry.register(s, "voice", adapter_dir, meta_for(tiny_lm_dir), card=card)
+    registry.register(s, "voice", adapter_dir, meta_for(tiny_lm_dir), card=card)
+    run = CliRunner().invoke
+    out = run(app, ["adapters", "list"]).output
+    assert "voice@v1" in out and "voice@v2 (latest)" in out
+    shown = run(app, ["adapters", "show", "voice@v1"]).output
+    assert "| valid JSON | 100% | base 0% |" in shown
+    assert run(app, ["adapters", "promote", "voice@v1"]).output.strip() == "voice@production -> v1"
+    assert "voice@v1 (production)" in run(app, ["adapters", "list"]).output
+    assert run(app, ["adapters", "delete", "voice@v2", "--yes"]).exit_code == 0
+    bad = run(app, ["adapters", "show", "nope"])
+    assert bad.exit_code != 0 and "no adapter named 'nope'" in str(bad.exception)

@@ -359,10 +359,10 @@ def train(
                     step_loss = loss_total / n_tokens
                     result.train_losses.append({"step": state["step"], "loss": step_loss,
                                                 "lr": sched.get_last_lr()[0]})
-                    bar.update(1)
                     bar.set_postfix_str(
                         f"loss {step_loss:.3f} lr {sched.get_last_lr()[0]:.1e} "
                         f"{state['tokens'] / max(state['seconds'], 1e-9):.0f} tok/s")
+                    bar.update(1)
                     if on_step:
                         on_step(state["step"], step_loss)
                     end_of_epoch = state["batch"] >= len(batches)
