@@ -107,7 +107,19 @@ def ingest(
     changed ones replaced, bad ones reported; ends with a summary."""
     from ragtune.ingest.collection import Collection
 
-    col = Collection.open(collection, _settings())
+    settings = _settings()
+    if dry_run and not (settings.collections_dir / collection / "chunks.db").exists():
+        from ragtune.ingest.loaders import walk
+
+        files, skipped = walk([str(p) for p in paths], include, exclude)  # create nothing
+        typer.echo(f"collection {collection!r} does not exist yet: {len(files)} file(s) would be "
+                   f"ingested, {len(skipped)} skipped")
+        for f in files:
+            typer.echo(f"  new      {f}")
+        for f, why in skipped:
+            typer.echo(f"  skipped {f}: {why}")
+        return
+    col = Collection.open(collection, settings)
     report = col.add([str(p) for p in paths], include, exclude, prune, dry_run, text_field)
     if as_json:
         _out(report.to_dict())

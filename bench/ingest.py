@@ -135,7 +135,9 @@ def bench_search(settings_factory, n: int, queries: int, dim: int = 384) -> dict
     for kind in ("flat", "hnsw"):
         if kind != "flat":
             col.optimize(kind)
-        raw = faiss.read_index(str(col.store.index_path(col.info()["generation"])))
+        db = col.store.connect()
+        raw = faiss.read_index(str(col.store.index_file(db)))
+        db.close()
         raw_t, rt_t = [], []
         col.embedder.next = qs[0]
         col.search("warm", k=10)

@@ -10,14 +10,17 @@ class BM25Index:
     def __init__(self, ids: np.ndarray, texts: list[str]):
         self.ids = np.asarray(ids, dtype=np.int64)
         self._bm25 = bm25s.BM25()
+        self._empty = True
         if len(texts):
             tokens = bm25s.tokenize(texts, stopwords="en", show_progress=False)
-            self._bm25.index(tokens, show_progress=False)
+            if tokens.vocab:  # a corpus of stopwords only has nothing to match
+                self._bm25.index(tokens, show_progress=False)
+                self._empty = False
 
     def search(self, query: str, k: int, allowed: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, chunk ids) with a positive score, restricted to `allowed` ids."""
-        if not len(self.ids):
+        if not len(self.ids) or self._empty:
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
         q = bm25s.tokenize(query, stopwords="en", return_ids=False, show_progress=False)[0]
         if not q:

@@ -70,6 +70,12 @@ class IngestReport:
         return asdict(self)
 
 
+def embedder_key(name_or_path: str) -> str:
+    """An embedder's identity: a local folder by its absolute path, anything else by name."""
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.is_dir() else name_or_path
+
+
 def _check_name(name: str) -> str:
     if not _NAME.match(name):
         raise RagtuneError(
@@ -115,7 +121,8 @@ class Collection:
         recorded = col.recorded_embedder
         if recorded:
             explicit = "embedder" in settings.model_fields_set
-            if explicit and settings.embedder not in (recorded["name"], recorded.get("path")):
+            known = {recorded["name"], recorded.get("path")}
+            if explicit and embedder_key(settings.embedder) not in known:
                 raise RagtuneError(
                     f"collection {name!r} was built with embedder {recorded['name']!r} "
                     f"({recorded['dim']}-d), not {settings.embedder!r}: unset RAGTUNE_EMBEDDER "
@@ -163,7 +170,8 @@ class Collection:
 
     def _config_hash(self, text_field: str | None) -> str:
         s = self.settings
-        key = [s.embedder, s.chunk_tokens, s.chunk_overlap, text_field]  # no model load needed
+        key = [embedder_key(s.embedder), s.embed_backend, s.chunk_tokens, s.chunk_overlap,
+               text_field]  # no model load needed; a backend switch re-embeds (no mixing)
         return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
     # -- ingest -------------------------------------------------------------------------------
@@ -201,7 +209,7 @@ class Collection:
                 w.commit(self._meta())
             self._ingest(w, todo, stored, text_field, report)
             report.generation = w.gen
-        self.store.write_manifest({"last_ingest": report.to_dict() | {"finished_at": time.time()}})
+            self.store.write_manifest({"last_ingest": report.to_dict() | {"finished_at": time.time()}})
         report.seconds = time.time() - t0
         return report
 
@@ -219,6 +227,10 @@ class Collection:
                     report.skipped.append((str(path), str(e)))
                     bar.update(1)
                     continue
+                except Exception as e:  # a parser's own surprise: still only this file's problem
+                    report.skipped.append((str(path), f"unreadable ({type(e).__name__}: {e})"))
+                    bar.update(1)
+                    continue
                 old = stored.get(doc.source)
                 if old and old.sha256 == doc.sha256 and old.config_hash == config_hash:
                     report.unchanged.append(doc.source)
@@ -232,7 +244,8 @@ class Collection:
 
     def _meta(self) -> dict[str, Any]:
         ident = dict(self.embedder.identity)
-        ident["path"] = str(self.embedder.path)
+        ident["name"] = embedder_key(ident["name"])  # a relative path would not reopen elsewhere
+        ident["path"] = str(Path(self.embedder.path).resolve())
         return {
             "embedder": ident,
             "splitter": {"chunk_tokens": self.splitter.limit,
@@ -296,7 +309,7 @@ class Collection:
             for s in hits:
                 w.delete_source(s, dim)
             w.commit({})
-        self.store.write_manifest({})
+            self.store.write_manifest({})
         return hits
 
     def optimize(self, kind: str) -> dict[str, Any]:
@@ -308,7 +321,7 @@ class Collection:
                 raise RagtuneError(f"collection {self.name!r} is empty: ingest documents first")
             w.set_kind(kind, int(w.meta_embedder["dim"]))
             w.commit({})
-        self.store.write_manifest({})
+            self.store.write_manifest({})
         return self.info()
 
     def drop(self) -> None:
@@ -349,11 +362,11 @@ class Collection:
     # -- search -------------------------------------------------------------------------------
     def _refresh(self) -> None:
         """Under self._lock, in an open read transaction: load the committed generation."""
-        gen = self.store.generation(self._db)
+        gen = (self.store.get_meta(self._db, "uuid"), self.store.generation(self._db))
         if gen != self._gen:
             emb = self.store.get_meta(self._db, "embedder")
             dim = int(emb["dim"]) if emb else 1
-            self._index = self.store.load_index(gen, dim)
+            self._index = self.store.load_index(self._db, dim)
             self._kind = faiss_index.kind_of(self._index)
             self._gen, self._bm25 = gen, None
 
@@ -371,8 +384,12 @@ class Collection:
             else:
                 if not re.match(r"^[A-Za-z0-9_]+$", key):
                     raise RagtuneError(f"filter key {key!r}: use a metadata field name (a-z, 0-9, _)")
-                sql.append(f"CAST(json_extract(c.metadata, '$.{key}') AS TEXT) GLOB ?")
-                args.append(str(pattern))
+                sql.append(  # JSON true/false compare as "true"/"false", not 1/0
+                    f"(CASE json_type(c.metadata, '$.{key}') WHEN 'true' THEN 'true' "
+                    f"WHEN 'false' THEN 'false' "
+                    f"ELSE CAST(json_extract(c.metadata, '$.{key}') AS TEXT) END) GLOB ?")
+                pattern = str(pattern)
+                args.append(pattern.lower() if pattern.lower() in ("true", "false") else pattern)
         rows = self._db.execute(
             "SELECT c.id FROM chunks c JOIN documents d ON c.doc_id=d.id WHERE " + " AND ".join(sql),
             args,
@@ -452,3 +469,4 @@ class Collection:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            self._gen, self._index, self._bm25 = -1, None, None

@@ -18,6 +18,7 @@ KINDS = ("flat", "hnsw", "ivf")
 HNSW_M = 32  # neighbours per node: recall@10 ~0.99 at efSearch 64 on 100k x 384
 HNSW_EF_SEARCH = 64
 IVF_NPROBE = 16
+EXACT_FILTER_MAX = 20_000  # filtered hnsw/ivf searches score up to this many vectors exactly
 
 
 def _base(kind: str, dim: int, train: np.ndarray | None = None) -> faiss.Index:
@@ -40,7 +41,7 @@ def _base(kind: str, dim: int, train: np.ndarray | None = None) -> faiss.Index:
         idx = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         idx.train(train)
         idx.nprobe = min(IVF_NPROBE, nlist)
-        idx.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct + remove_ids
+        idx.make_direct_map()  # reconstruct by position (removal rebuilds, see remove())
         return idx
     raise RagtuneError(f"index type {kind!r} is unknown: use one of {', '.join(KINDS)}")
 
@@ -111,12 +112,25 @@ def search(index: faiss.IndexIDMap2, query: np.ndarray, k: int,
         return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
     q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
     kind = kind or kind_of(index)
+    if allowed is not None and kind != "flat" and len(allowed) <= EXACT_FILTER_MAX:
+        # an approximate search under a selective filter finds fewer than k: score the
+        # allowed vectors exactly instead (they are few)
+        ids = np.asarray(allowed, dtype=np.int64)
+        # IndexIDMap2.reconstruct maps chunk ids to positions (reconstruct_batch does not)
+        vecs = np.stack([index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros(
+            (0, index.d), dtype=np.float32)
+        scores = vecs @ q[0]
+        top = np.argsort(-scores, kind="stable")[:k]
+        return scores[top].astype(np.float32), ids[top]
     params = None
     sel = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64)) if allowed is not None else None
+    share = len(allowed) / index.ntotal if allowed is not None else 1.0
     if kind == "hnsw" and (sel is not None or k > HNSW_EF_SEARCH):
-        params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(HNSW_EF_SEARCH, k))
+        ef = min(int(max(HNSW_EF_SEARCH, k) / max(share, 1e-3)), 4096)  # widen as it narrows
+        params = faiss.SearchParametersHNSW(sel=sel, efSearch=ef)
     elif kind == "ivf" and sel is not None:
-        params = faiss.SearchParametersIVF(sel=sel, nprobe=faiss.downcast_index(index.index).nprobe)
+        ivf = faiss.downcast_index(index.index)
+        params = faiss.SearchParametersIVF(sel=sel, nprobe=min(ivf.nlist, int(ivf.nprobe / share)))
     elif sel is not None:
         params = faiss.SearchParameters(sel=sel)
     scores, ids = index.search(q, k, params=params)

@@ -150,7 +150,11 @@ def _decode(data: bytes) -> str:
         raise SkipFile("looks binary (NUL bytes): not a text file")
     for bom, enc in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
         if data.startswith(bom):
-            return data.decode(enc)
+            try:
+                return data.decode(enc)
+            except UnicodeDecodeError as e:
+                raise SkipFile(f"starts with a {enc} byte-order mark but is not valid {enc} "
+                               f"({e.reason} at offset {e.start}): convert the file to UTF-8") from e
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -201,7 +205,7 @@ def _docx(data: bytes) -> list[Section]:
 
     try:
         d = docx.Document(io.BytesIO(data))
-    except (zipfile.BadZipFile, KeyError, ValueError) as e:
+    except (zipfile.BadZipFile, KeyError, ValueError, SyntaxError) as e:  # lxml's XML errors
         raise SkipFile(f"corrupt or unreadable .docx ({type(e).__name__}: {e})") from e
     parts = [p.text for p in d.paragraphs]
     for table in d.tables:

@@ -72,18 +72,23 @@ class TokenSplitter:
                             chunks.append(Chunk(piece.strip(), len(chunks), meta))
         return chunks
 
-    def _hard_cut(self, text: str) -> list[str]:
-        """Cut a piece still over the limit at token offsets; nothing is dropped."""
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
-                             verbose=False)
-        offsets = enc["offset_mapping"]
-        if len(offsets) <= self.limit:
+    def _hard_cut(self, text: str, window: int | None = None) -> list[str]:
+        """Cut a piece still over the limit at token offsets; nothing is dropped. A cut inside
+        a word can re-tokenise one token longer, so each piece is measured again."""
+        window = window or self.limit
+        if self.count(text) <= self.limit:
             return [text]
+        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                                 verbose=False)["offset_mapping"]
         out, start_tok = [], 0
         while start_tok < len(offsets):
-            end_tok = min(start_tok + self.limit, len(offsets))
+            end_tok = min(start_tok + window, len(offsets))
             start_char = offsets[start_tok][0] if start_tok else 0
             end_char = offsets[end_tok][0] if end_tok < len(offsets) else len(text)
-            out.append(text[start_char:end_char])
+            piece = text[start_char:end_char]
+            if self.count(piece) > self.limit and window > 1:
+                out += self._hard_cut(piece, window - max(1, window // 8))
+            else:
+                out.append(piece)
             start_tok = end_tok
         return out

@@ -2,12 +2,13 @@
 
     collections/<name>/
         chunks.db           documents + chunks + meta (generation, next chunk id, embedder)
-        index.<gen>.faiss   the vectors of generation <gen>
+        index.<gen>.<id>.faiss   the vectors of generation <gen> (named in chunks.db)
         manifest.json       self-description: embedder, splitter, counts, generation
         write.lock          one writer at a time
 
-A commit writes `index.<gen+1>.faiss` atomically, then in ONE SQLite transaction applies the
-chunk changes and sets `generation = gen+1`. SQLite is the source of truth: a crash before
+A commit writes `index.<gen+1>.<random>.faiss` atomically (a name never used before), then in
+ONE SQLite transaction checks the generation is still `gen`, applies the chunk changes, and
+names the new file and `generation = gen+1`. SQLite is the source of truth: a crash before
 that transaction leaves generation `gen` (its index file untouched) and an orphan file that
 the next commit removes; a crash after it leaves `gen+1` complete. Readers read the generation
 and the rows in one transaction and load that generation's file, so they never see half a
@@ -20,6 +21,7 @@ import json
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,6 +63,8 @@ def _migration_1(db: sqlite3.Connection) -> None:
         CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
         """
     )
+    # an identity that outlives the name: a reader's cache never mixes two incarnations
+    db.execute("INSERT OR IGNORE INTO meta VALUES ('uuid', ?)", (json.dumps(uuid.uuid4().hex),))
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
@@ -163,17 +167,19 @@ class Store:
             if own:
                 db.close()
 
-    def index_path(self, gen: int) -> Path:
-        return self.folder / f"index.{gen}.faiss"
+    def index_file(self, db: sqlite3.Connection) -> Path | None:
+        """The committed generation's vectors file (named in the same transaction as the rows)."""
+        name = self.get_meta(db, "index_file")
+        return self.folder / name if name else None
 
-    def load_index(self, gen: int, dim: int) -> faiss.IndexIDMap2:
-        if gen == 0:
+    def load_index(self, db: sqlite3.Connection, dim: int) -> faiss.IndexIDMap2:
+        path = self.index_file(db)
+        if path is None:
             return faiss_index.new_index("flat", dim)
-        path = self.index_path(gen)
         if not path.exists():
             raise RagtuneError(
-                f"{path} is missing although {self.db_path} names generation {gen}: the "
-                "collection was damaged outside ragtune; drop it and ingest again"
+                f"{path} is missing although {self.db_path} names it: the collection was "
+                "damaged outside ragtune; drop it and ingest again"
             )
         return faiss_index.read(path)
 
@@ -246,6 +252,7 @@ class Writer:
         self.store = store
         self.db = store.connect()
         self.gen = store.generation(self.db)
+        self.index_name = store.get_meta(self.db, "index_file")
         self.meta_embedder = store.get_meta(self.db, "embedder")
         self.kind = store.get_meta(self.db, "index_type", "flat")
         self.index: faiss.IndexIDMap2 | None = None
@@ -254,10 +261,7 @@ class Writer:
 
     def _ensure_index(self, dim: int) -> faiss.IndexIDMap2:
         if self.index is None:
-            if self.gen == 0:
-                self.index = faiss_index.new_index("flat", dim)
-            else:
-                self.index = self.store.load_index(self.gen, dim)
+            self.index = self.store.load_index(self.db, dim)
         return self.index
 
     def chunk_ids(self, source: str) -> list[int]:
@@ -321,10 +325,17 @@ class Writer:
         if self.kind != "flat" and faiss_index.kind_of(index) != self.kind:
             index = faiss_index.rebuild(index, self.kind)
         new_gen = self.gen + 1
-        faiss_index.write_atomic(index, self.store.index_path(new_gen))
+        # a name never used before: even a writer that lost its lock cannot overwrite the
+        # committed generation's file
+        new_name = f"index.{new_gen}.{uuid.uuid4().hex[:8]}.faiss"
+        faiss_index.write_atomic(index, self.store.folder / new_name)
         # 2. rows + generation in one transaction: this is the commit point
         db.execute("BEGIN IMMEDIATE")
         try:
+            if int(Store.get_meta(db, "generation", 0)) != self.gen:
+                raise RagtuneError(
+                    f"collection {self.store.folder.name!r} changed underneath this writer "
+                    f"(generation {self.gen} expected): run the command again")
             for op, args in self._pending:
                 if op == "delete":
                     db.execute("DELETE FROM documents WHERE source=?", args)
@@ -347,28 +358,28 @@ class Writer:
             Store.set_meta(db, "index_type", self.kind)
             Store.set_meta(db, "next_chunk_id", next_id)
             Store.set_meta(db, "generation", new_gen)
+            Store.set_meta(db, "index_file", new_name)
+            Store.set_meta(db, "previous_index_file", self.index_name)
             Store.set_meta(db, "updated_at", now)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
-            self.store.index_path(new_gen).unlink(missing_ok=True)
+            (self.store.folder / new_name).unlink(missing_ok=True)
             raise
+        self.previous_name, self.index_name = self.index_name, new_name
         self.gen, self.index = new_gen, index
         self._pending, self._remove_ids = [], []
         self._cleanup()
         return new_gen
 
     def _cleanup(self) -> None:
-        """Remove index files older than the previous generation and orphans of crashes."""
-        keep = {self.gen, self.gen - 1}
+        """Remove index files but the current and previous generation's (a reader may still be
+        loading that one), including orphans of crashed commits."""
+        keep = {self.index_name, self.previous_name}
         for f in self.store.folder.glob("index.*.faiss"):
-            try:
-                g = int(f.name.split(".")[1])
-            except ValueError:
-                continue
-            if g not in keep:
+            if f.name not in keep:
                 f.unlink(missing_ok=True)
-        for f in self.store.folder.glob(".*.tmp-*"):
+        for f in self.store.folder.glob(".index.*.faiss.tmp-*"):  # a crashed writer's leftovers
             f.unlink(missing_ok=True)
 
     def close(self) -> None:

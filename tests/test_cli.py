@@ -76,3 +76,9 @@ def test_models_list_json():
     r = _run("models", "list", "--json")
     names = {row["name"] for row in json.loads(r.stdout)}
     assert names == {"SmolLM2-135M-Instruct", "all-MiniLM-L6-v2"}
+
+
+def test_dry_run_on_a_new_collection_creates_nothing(tiny_settings, corpus):
+    r = _run("ingest", str(corpus), "-c", "fresh", "--dry-run")
+    assert r.exit_code == 0 and "does not exist yet: 4 file(s) would be ingested" in r.output
+    assert not (tiny_settings.collections_dir / "fresh").exists()

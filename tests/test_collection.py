@@ -16,12 +16,12 @@ def _consistent(col: Collection) -> None:
     """FAISS ids == chunk ids, exactly, at the committed generation."""
     db = col.store.connect()
     try:
-        gen = col.store.generation(db)
+        db.execute("BEGIN")
         ids = sorted(r[0] for r in db.execute("SELECT id FROM chunks"))
-        dim = col.store.get_meta(db, "embedder")["dim"]
+        index = col.store.load_index(db, col.store.get_meta(db, "embedder")["dim"])
+        db.execute("COMMIT")
     finally:
         db.close()
-    index = col.store.load_index(gen, dim)
     assert sorted(faiss.vector_to_array(index.id_map).tolist()) == ids
 
 
@@ -274,3 +274,109 @@ def test_newer_schema_is_refused_and_left_alone(tiny_settings, corpus):
     db = col.store.connect()
     assert db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] > 0
     db.close()
+
+
+def test_a_parser_crash_skips_only_that_file(tiny_settings, corpus, monkeypatch):
+    import ragtune.ingest.collection as collection_module
+
+    real = collection_module.load
+
+    def flaky(path, *a, **kw):
+        if path.name == "faq.txt":
+            raise RuntimeError("parser bug")
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(collection_module, "load", flaky)
+    report = Collection.open("docs", tiny_settings).add([corpus])
+    assert len(report.ingested) == 3
+    assert ("unreadable (RuntimeError: parser bug)" in dict(report.skipped)[str(corpus / "sub" / "faq.txt")])
+
+
+def test_relative_embedder_path_reopens_from_anywhere(tiny_embedder_dir, corpus, monkeypatch, tmp_path):
+    import os
+
+    from ragtune.platform.settings import get_settings
+
+    monkeypatch.chdir(tiny_embedder_dir.parent)
+    monkeypatch.setenv("RAGTUNE_EMBEDDER", os.path.relpath(tiny_embedder_dir))
+    Collection.open("rel", get_settings()).add([corpus])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAGTUNE_EMBEDDER")
+    assert Collection.open("rel", get_settings()).search("Red gadget", k=1, mode="hybrid")
+    monkeypatch.setenv("RAGTUNE_EMBEDDER", str(tiny_embedder_dir))  # the same, absolute: fine
+    assert Collection.open("rel", get_settings()).search("Red gadget", k=1)
+
+
+def test_boolean_metadata_filters(tiny_settings, tmp_path):
+    docs = tmp_path / "rows"
+    docs.mkdir()
+    (docs / "t.jsonl").write_text('{"text": "draft about pricing", "draft": true}\n'
+                                  '{"text": "final about pricing", "draft": false}\n')
+    col = Collection.open("rows", tiny_settings)
+    col.add([docs])
+    assert [h.text for h in col.search("pricing", k=5, where={"draft": "true"})] == [
+        "draft about pricing"]
+    assert [h.text for h in col.search("pricing", k=5, where={"draft": "False"})] == [
+        "final about pricing"]
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_selective_filters_still_return_k_on_approximate_indexes(kind):
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((5000, 16)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = np.arange(5000, dtype=np.int64)
+    index = faiss_index.new_index(kind, 16, vecs, ids)
+    allowed = ids[::200]  # 25 allowed
+    scores, found = faiss_index.search(index, vecs[400], 10, allowed)
+    assert len(found) == 10 and set(found) <= set(allowed) and found[0] == 400
+    exact = allowed[np.argsort(-(vecs[allowed] @ vecs[400]))[:10]]
+    assert list(found) == list(exact)
+
+
+def test_a_reused_object_after_drop_never_mixes_incarnations(tiny_settings, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "x.txt").write_text("quantum physics lecture notes")
+    (b / "y.txt").write_text("zebra migration in the savanna")
+    first = Collection.open("c", tiny_settings)
+    first.add([a])
+    first.search("quantum", k=1)
+    first.drop()
+    second = Collection.open("c", tiny_settings)
+    second.add([b])  # the same generation number as the dropped one
+    hit = first.search("zebra migration in the savanna", k=1)[0]
+    assert hit.text == "zebra migration in the savanna" and hit.score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_stopword_only_collection_searches_empty(tiny_settings, tmp_path):
+    docs = tmp_path / "stop"
+    docs.mkdir()
+    (docs / "s.txt").write_text("the and of to")
+    col = Collection.open("stop", tiny_settings)
+    col.add([docs])
+    assert col.search("the", k=3, mode="bm25") == []
+    assert len(col.search("the", k=3, mode="hybrid")) == 1  # dense still answers
+
+
+def test_switching_the_embed_backend_reembeds(tiny_settings, corpus):
+    col = Collection.open("docs", tiny_settings)
+    col.add([corpus])
+    other = Collection.open("docs", tiny_settings.model_copy(update={"embed_backend": "onnx-int8"}))
+    assert len(other.add([corpus], dry_run=True).replaced) == 4  # no silent mixing
+
+
+def test_commit_refuses_when_the_generation_moved(tiny_settings, corpus):
+    from ragtune.ingest.store import Writer
+
+    col = Collection.open("docs", tiny_settings)
+    col.add([corpus / "pricing.md"])
+    stale = Writer(col.store)  # read generation 1
+    col.add([corpus / "sub"])  # another writer moves it to 2
+    stale.delete_source(str(corpus / "pricing.md"), 32)
+    with pytest.raises(RagtuneError, match="changed underneath"):
+        stale.commit({})
+    stale.close()
+    _consistent(col)
+    assert col.info()["documents"] == 2

@@ -116,3 +116,15 @@ def test_size_cap_names_setting(tmp_path):
     path.write_text("x" * 2000)
     with pytest.raises(SkipFile, match="RAGTUNE_MAX_FILE_MB"):
         load(path, 1000)
+
+
+def test_bom_with_bad_bytes_and_broken_docx_xml_are_skips(tmp_path):
+    import zipfile
+
+    (tmp_path / "odd.txt").write_bytes(b"\xff\xfeA\x00B")  # UTF-16 BOM, odd length
+    with pytest.raises(SkipFile, match="byte-order mark"):
+        load(tmp_path / "odd.txt", MB)
+    with zipfile.ZipFile(tmp_path / "bad.docx", "w") as z:  # a zip, but broken XML inside
+        z.writestr("[Content_Types].xml", "<Types><broken")
+    with pytest.raises(SkipFile, match="docx"):
+        load(tmp_path / "bad.docx", MB)

@@ -64,3 +64,16 @@ def test_markdown_headings_become_metadata(tokenizer):
     by_text = {c.text.splitlines()[-1]: c.metadata for c in chunks}
     assert by_text["Use apt."] == {"page": 3, "h1": "Guide", "h2": "Install", "h3": "Linux"}
     assert by_text["Intro text."]["h1"] == "Guide" and "h2" not in by_text["Intro text."]
+
+
+def test_hard_cuts_inside_words_never_exceed_the_limit(tokenizer):
+    import random
+
+    rng = random.Random(0)
+    sp = TokenSplitter(tokenizer, 256, SplitConfig(16, 0))
+    for _ in range(200):
+        alphabet = "abcdefghijklmnopqrstuvwxyzéß0123456789"
+        word = "".join(rng.choice(alphabet) for _ in range(rng.randint(40, 400)))
+        pieces = sp._hard_cut(word)
+        assert "".join(pieces) == word
+        assert all(sp.count(p) <= 16 for p in pieces)
