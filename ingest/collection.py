@@ -362,7 +362,9 @@ class Collection:
     # -- search -------------------------------------------------------------------------------
     def _refresh(self) -> None:
         """Under self._lock, in an open read transaction: load the committed generation."""
-        gen = (self.store.get_meta(self._db, "uuid"), self.store.generation(self._db))
+        rows = dict(self._db.execute(
+            "SELECT key, value FROM meta WHERE key IN ('uuid', 'generation')").fetchall())
+        gen = (rows.get("uuid"), rows.get("generation"))  # one query on the hot path
         if gen != self._gen:
             emb = self.store.get_meta(self._db, "embedder")
             dim = int(emb["dim"]) if emb else 1
