@@ -273,7 +273,9 @@ class Collection:
                 bar.update(1)
         total = sum(len(c) for _, c in split)
         every = self.settings.commit_every
-        with progress(total, "embed", unit="chunk") as bar:
+        n_commits = -(-len(split) // every)
+        with progress(total, "embed", unit="chunk") as bar, \
+                progress(n_commits, "index", unit="commit") as index_bar:
             for start in range(0, len(split), every):
                 batch = split[start : start + every]
                 texts = [c.text for _, chunks in batch for c in chunks]
@@ -287,6 +289,7 @@ class Collection:
                     w.put_document(doc, config_hash, chunks, vecs)
                     report.chunks_added += len(chunks)
                 w.commit(self._meta())  # the "index" stage: one generation per batch
+                index_bar.update(1)
 
     # -- delete / drop / optimise -----------------------------------------------------------
     def delete(self, source: str) -> list[str]:
