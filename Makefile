@@ -39,9 +39,9 @@ demo: install
 	$(RT) search "Can I send a widget back and get my money?" --collection acme -k 3 --mode hybrid
 	$(RT) search "a gadget for the garden" --collection acme -k 2 --where source='*.csv'
 	$(RT) search "how long is the warranty" --collection acme -k 2 --mode bm25
-	@echo "--- the behaviour lever: a JSON support-voice adapter (~10 min on 2 cores)"
+	@echo "--- the behaviour lever: a JSON support-voice adapter (~5 min on 2 cores)"
 	$(PY) samples/support_dataset.py .ragtune/support-voice.jsonl
-	$(RT) train .ragtune/support-voice.jsonl --name support-voice --epochs 3 --lr 3e-4
+	$(RT) train .ragtune/support-voice.jsonl --name support-voice
 	$(RT) adapters list
 
 bench: install
