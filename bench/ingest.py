@@ -77,12 +77,7 @@ def bench_ingest(settings_factory, corpus: Path, questions: list[dict]) -> dict:
     from langchain_core.documents import Document
     from langchain_huggingface import HuggingFaceEmbeddings
 
-    db = col.store.connect()
-    rows = db.execute(
-        "SELECT c.text, d.source FROM chunks c JOIN documents d ON c.doc_id=d.id ORDER BY c.id"
-    ).fetchall()
-    db.close()
-    docs = [Document(page_content=t, metadata={"source": s}) for t, s in rows]
+    docs = [Document(page_content=t, metadata={"source": s}) for s, t in col.chunks()]
     emb = HuggingFaceEmbeddings(model_name=str(col.embedder.path), model_kwargs={"device": "cpu"},
                                 encode_kwargs={"normalize_embeddings": True})
     emb.embed_query("warm up")

@@ -462,6 +462,16 @@ class Collection:
             out.append(ScoredChunk(cid, r[1], float(score), r[4], r[2], meta, r[5]))
         return out
 
+    def chunks(self) -> list[tuple[str, str]]:
+        """Every chunk as (source, text), in chunk-id order (for training and benchmarks)."""
+        db = self.store.connect()
+        try:
+            return [(r[0], r[1]) for r in db.execute(
+                "SELECT d.source, c.text FROM chunks c JOIN documents d ON c.doc_id=d.id "
+                "ORDER BY c.id")]
+        finally:
+            db.close()
+
     def as_retriever(self, k: int = 5, mode: str = "dense",
                      where: dict[str, str] | None = None) -> Any:
         """A langchain-core `BaseRetriever` over this collection."""

@@ -186,17 +186,24 @@ def resolve_generator(name_or_path: str, settings: Settings) -> Path:
     )
 
 
-def load_generator(name_or_path: str, settings: Settings, device: str | None = None):
-    """Load (model, tokenizer) for generation; CUDA with bf16 when present, CPU fp32 otherwise."""
+def pick_device(requested: str | None = None) -> tuple[str, Any]:
+    """(device, dtype): CUDA with bf16 when present (or asked for), CPU fp32 otherwise."""
     import torch
+
+    device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RagtuneError(f"device {device!r} was asked for but no CUDA GPU is visible: use cpu")
+    return device, (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+
+
+def load_generator(name_or_path: str, settings: Settings, device: str | None = None):
+    """Load (model, tokenizer) on `pick_device(device)`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_hf_when_piped()
     path = resolve_generator(name_or_path, settings)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    kw: dict[str, Any] = {"dtype": dtype}
+    device, dtype = pick_device(device)
     folder, extra = (path.parent, {"gguf_file": path.name}) if path.is_file() else (path, {})
     tokenizer = AutoTokenizer.from_pretrained(str(folder), **extra)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), **kw, **extra).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **extra).to(device).eval()
     return model, tokenizer

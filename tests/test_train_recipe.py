@@ -52,18 +52,10 @@ def test_facts_guard_finds_index_facts_in_targets(kb):
     examples = [qa("Price?", "The Pro plan costs 39 EUR per month.", 3),
                 qa("Delivery?", "Express delivery to Vienna is quick.", 4),
                 qa("Tone?", "Always friendly and short.", 5)]
-    rep = find_facts(examples, [(s, t) for s, t in _texts(kb)], "kb")
+    rep = find_facts(examples, kb.chunks(), "kb")
     assert rep.facts == {"39 EUR": [3], "Pro": [3], "Vienna": [4]}  # Pro: a product name
     assert rep.where["39 EUR"] == "pricing.md"
     assert "also live in the index" in rep.summary()
-
-
-def _texts(col):
-    db = col.store.connect()
-    rows = db.execute("SELECT d.source, c.text FROM chunks c JOIN documents d ON c.doc_id=d.id")
-    out = [(r[0], r[1]) for r in rows]
-    db.close()
-    return out
 
 
 def test_recipe_end_to_end_on_tiny_models(kb, tiny_lm_dir, tmp_path, tiny_settings):

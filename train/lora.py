@@ -175,14 +175,6 @@ def evaluate_loss(model: Any, data: list, batch_size: int, pad_id: int, device: 
 # -- setup -----------------------------------------------------------------------------------
 
 
-def pick_device(requested: str | None) -> tuple[str, torch.dtype]:
-    device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RagtuneError("--device cuda was asked for but no CUDA GPU is visible")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return device, dtype
-
-
 def add_lora(model: Any, cfg: TrainConfig) -> Any:
     from peft import LoraConfig, get_peft_model
 

@@ -21,7 +21,7 @@ from ragtune.platform.settings import Settings
 from ragtune.train import evaluate as ev
 from ragtune.train import registry
 from ragtune.train.data import load_examples
-from ragtune.train.lora import TrainConfig, pick_device, train
+from ragtune.train.lora import TrainConfig, train
 
 
 @dataclass
@@ -44,15 +44,6 @@ class TrainJob:
     strip_facts: bool = False
 
 
-def _chunk_texts(collection: Any) -> list[tuple[str, str]]:
-    db = collection.store.connect()
-    try:
-        return [(r[0], r[1]) for r in db.execute(
-            "SELECT d.source, c.text FROM chunks c JOIN documents d ON c.doc_id=d.id ORDER BY c.id")]
-    finally:
-        db.close()
-
-
 def run_dir_for(settings: Settings, job: TrainJob, data_sha: str) -> Path:
     """Deterministic per (name, data): `--resume` finds the run a killed command left."""
     run_id = job.run_id or f"train-{job.name}-{data_sha[:10]}"
@@ -71,8 +62,7 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
             raise RagtuneError(f"--json-schema {job.json_schema}: not a readable JSON file ({e})") from e
 
     # -- setup: base model and tokenizer on the best device --------------------------------
-    device, _ = pick_device(cfg.device)
-    model, tokenizer = load_generator(base, settings, device=device)
+    model, tokenizer = load_generator(base, settings, device=cfg.device)
 
     # -- data -------------------------------------------------------------------------------
     report = load_examples(job.data, tokenizer, cfg.max_seq_len, job.strict, job.val_fraction,
@@ -103,7 +93,7 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
         from ragtune.ingest.collection import Collection
         from ragtune.train.facts import find_facts
 
-        fact_chunks = _chunk_texts(Collection.open(job.facts_collection, settings, create=False))
+        fact_chunks = Collection.open(job.facts_collection, settings, create=False).chunks()
         facts_report = find_facts(report.train + report.val, fact_chunks, job.facts_collection)
         if job.strip_facts and facts_report.facts:
             facts_report.stripped = True
