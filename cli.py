@@ -188,6 +188,72 @@ def delete(
 # -- collections / index -------------------------------------------------------------------
 
 
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="the question")],
+    adapter: Annotated[str | None, typer.Option(help="adapter: name, name@v2, name@production")
+                       ] = None,
+    collection: Annotated[str | None, typer.Option("--collection", "-c",
+                                                   help="retrieve from this collection")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="chunks to retrieve")] = 5,
+    mode: Annotated[str, typer.Option(help="dense | bm25 | hybrid")] = "dense",
+    where: Annotated[list[str] | None, typer.Option(help="KEY=GLOB filter")] = None,
+    system: Annotated[str | None, typer.Option(help="system prompt")] = None,
+    response_format: Annotated[str, typer.Option(
+        "--format", help="text | json_object | json_schema (with --schema)")] = "text",
+    schema: Annotated[Path | None, typer.Option(help="JSON Schema file for --format json_schema")
+                      ] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="completion length")] = None,
+    temperature: Annotated[float, typer.Option(help="0: greedy")] = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask the assistant in-process (no server): retrieval, adapter and citations as the API."""
+    from ragtune.platform.assistant import Assistant
+    from ragtune.platform.types import GenParams
+    from ragtune.serve.engine import Engine
+
+    settings = _settings()
+    if response_format not in ("text", "json_object", "json_schema"):
+        raise RagtuneError(f"--format {response_format!r}: use text, json_object or json_schema")
+    json_schema = None
+    if response_format == "json_schema":
+        if schema is None:
+            raise RagtuneError("--format json_schema needs --schema FILE (a JSON Schema)")
+        try:
+            json_schema = json.loads(schema.read_text())
+        except (OSError, ValueError) as e:
+            raise RagtuneError(f"--schema {schema}: not a readable JSON file ({e})") from None
+    retriever = None
+    if collection:
+        from ragtune.ingest.collection import Collection
+
+        retriever = Collection.open(collection, settings, create=False)
+    engine = Engine(settings, max_batch=1)
+    try:
+        answer = Assistant(engine, settings, system=system).ask(
+            [{"role": "user", "content": question}],
+            GenParams(max_tokens=max_tokens or settings.max_tokens, temperature=temperature,
+                      response_format=response_format, json_schema=json_schema),
+            retriever, k, mode, _parse_where(where), collection, adapter)
+    finally:
+        engine.close()
+    if as_json:
+        return _out(answer.to_dict())
+    typer.echo(answer.text)
+    if answer.citations:
+        typer.echo("")
+        for c in answer.citations:
+            mark = f"[{c['index']}]" if c["index"] else "  -"
+            page = f" page {c['page']}" if c.get("page") else ""
+            typer.echo(f"{mark} {'cited ' if c['cited'] else '      '}{c['source']} "
+                       f"#{c['position']}{page} (score {c['score']:.3f})")
+    used = answer.used
+    typer.echo(f"\n({used['model']}; finish {answer.finish_reason}; "
+               f"{answer.usage['completion_tokens']} tokens"
+               + (f"; {answer.invalid_citations} invalid citation(s) removed"
+                  if answer.invalid_citations else "") + ")", err=True)
+
+
 @collections_app.command("list")
 def collections_list(as_json: JsonOpt = False) -> None:
     """List collections with document and chunk counts."""

@@ -26,7 +26,7 @@ from ragtune.ingest.bm25 import BM25Index, reciprocal_rank_fusion
 from ragtune.ingest.loaders import Document, SkipFile, load, walk
 from ragtune.ingest.splitter import Chunk, SplitConfig, TokenSplitter
 from ragtune.ingest.store import Store
-from ragtune.platform.errors import RagtuneError
+from ragtune.platform.errors import NotFoundError, RagtuneError
 from ragtune.platform.progress import progress
 from ragtune.platform.settings import Settings, get_settings
 from ragtune.platform.types import ScoredChunk
@@ -113,7 +113,7 @@ class Collection:
         settings = settings or get_settings()
         folder = settings.collections_dir / _check_name(name)
         if not (folder / "chunks.db").exists() and not create:
-            raise RagtuneError(
+            raise NotFoundError(
                 f"collection {name!r} does not exist in {settings.collections_dir}: "
                 f"create it with `ragtune ingest PATH --collection {name}`"
             )
@@ -304,7 +304,7 @@ class Collection:
 
                 hits = [s for s in stored if fnmatchcase(s, source) or fnmatchcase(s, f"*/{source}")]
             if not hits:
-                raise RagtuneError(
+                raise NotFoundError(
                     f"no document in collection {self.name!r} matches source {source!r}: "
                     f"`ragtune collections show {self.name}` lists them"
                 )
@@ -374,6 +374,11 @@ class Collection:
             self._index = self.store.load_index(self._db, dim)
             self._kind = faiss_index.kind_of(self._index)
             self._gen, self._bm25 = gen, None
+
+    @property
+    def generation(self) -> int | None:
+        """The generation the last search read (None before the first search)."""
+        return int(self._gen[1]) if isinstance(self._gen, tuple) and self._gen[1] else None
 
     def _allowed(self, where: dict[str, str] | None) -> np.ndarray | None:
         if not where:

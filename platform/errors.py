@@ -1,5 +1,54 @@
-"""The one error type a user can cause. Its message names the input and the fix."""
+"""The error types a user can cause. Each message names the input and the fix.
+
+`RagtuneError` is what the CLI prints without a traceback; the subclasses carry the HTTP status
+the API answers with (400 unless said otherwise), so one mapping serves both edges.
+"""
 
 
 class RagtuneError(Exception):
     """A problem with the user's input or environment, printed without a traceback by the CLI."""
+
+    status = 400
+    kind = "invalid_request_error"
+
+
+class NotFoundError(RagtuneError):
+    """An unknown model, adapter, collection, document or job."""
+
+    status = 404
+    kind = "not_found_error"
+
+
+class AuthError(RagtuneError):
+    """No key, or an unknown one."""
+
+    status = 401
+    kind = "authentication_error"
+
+
+class ForbiddenError(RagtuneError):
+    """A known key without the scope or the collection/adapter the request needs."""
+
+    status = 403
+    kind = "permission_error"
+
+
+class TooLargeError(RagtuneError):
+    status = 413
+    kind = "invalid_request_error"
+
+
+class OverloadedError(RagtuneError):
+    """The generation queue is full: retry after `retry_after` seconds."""
+
+    status = 429
+    kind = "rate_limit_error"
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class GenerationTimeout(RagtuneError):
+    status = 504
+    kind = "timeout_error"

@@ -49,6 +49,25 @@ class Settings(BaseSettings):
         600.0, ge=0, description="seconds a second writer waits for a collection's lock"
     )
 
+    # -- the assistant and the server ---------------------------------------------------------
+    context_tokens: int = Field(
+        1024, ge=0, description="token budget for retrieved sources in a prompt; the lowest-ranked "
+        "chunks are dropped first"
+    )
+    relevance_floor: float = Field(
+        0.25, description="dense (cosine) score the best retrieved chunk must reach, else the "
+        "assistant says it does not know"
+    )
+    max_tokens: int = Field(256, ge=1, description="default completion length")
+    repetition_penalty: float = Field(
+        1.1, gt=0, description="default repetition penalty (1.0: off); small models loop without one"
+    )
+    serve_max_batch: int = Field(8, ge=1, description="requests decoded together")
+    serve_queue: int = Field(32, ge=1, description="requests waiting beyond which the API answers 429")
+    adapter_slots: int = Field(4, ge=1, description="adapters kept loaded (LRU)")
+    request_timeout: float = Field(300.0, gt=0, description="seconds a generation may take")
+    max_upload_mb: float = Field(50.0, gt=0, description="largest request body / upload")
+
     @field_validator("chunk_overlap")
     @classmethod
     def _overlap_smaller(cls, v: int, info) -> int:  # noqa: ANN001
@@ -83,6 +102,14 @@ class Settings(BaseSettings):
     @property
     def adapters_dir(self) -> Path:
         return self.home / "adapters"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
+
+    @property
+    def keys_file(self) -> Path:
+        return self.home / "keys.json"
 
 
 def get_settings(**overrides: object) -> Settings:

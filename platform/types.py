@@ -26,3 +26,66 @@ class Retriever(Protocol):
     def search(
         self, query: str, k: int = 5, mode: str = "dense", where: dict[str, str] | None = None
     ) -> list[ScoredChunk]: ...
+
+
+@dataclass
+class GenParams:
+    """How to generate one completion (the OpenAI request fields, typed)."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float | None = None  # vLLM's extension; None: the server's default
+    response_format: str = "text"  # text | json_object | json_schema
+    json_schema: dict[str, Any] | None = None
+
+
+@dataclass
+class GenEvent:
+    """A piece of a completion. The last one has `finish_reason` set
+    (stop | length | timeout | cancelled) and the token counts."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class ModelRef:
+    """What a request's `model` resolved to: the adapter to run (None: the base), its folder,
+    a label for responses, and the system prompt the adapter was trained with."""
+
+    adapter: str | None
+    folder: Any
+    label: str
+    system: str | None = None
+
+
+class GenHandle(Protocol):
+    """One submitted generation: its events in order, and a way to stop it."""
+
+    def events(self) -> Any: ...  # Iterator[GenEvent]
+
+    def cancel(self) -> None: ...
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Turns chat messages into tokens with a base model and, optionally, one adapter."""
+
+    model_name: str
+    context_window: int
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]: ...
+
+    def resolve_model(self, name: str | None) -> ModelRef: ...
+
+    def submit(self, prompt_ids: list[int], params: GenParams, adapter: str | None = None,
+               adapter_dir: Any = None) -> GenHandle: ...

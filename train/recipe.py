@@ -144,6 +144,8 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
         "collection": job.with_context,
         "collection_generation": context_info["generation"] if context_info else None,
         "training_config": asdict(cfg),
+        # the system prompt most examples carried: served by default with this adapter
+        "system_prompt": _common_system(report.train + report.val),
     }
     card = {
         "meta": {**meta, "name": job.name},
@@ -171,3 +173,12 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
     card["path"] = str(version_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # the version folder now holds what matters
     return card
+
+
+def _common_system(examples: list) -> str | None:
+    """The most frequent system message in the training data (before any context was added)."""
+    from collections import Counter
+
+    seen = Counter(ex.messages[0]["content"] for ex in examples
+                   if ex.messages and ex.messages[0]["role"] == "system")
+    return seen.most_common(1)[0][0] if seen else None

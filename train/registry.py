@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ragtune.platform.errors import RagtuneError
+from ragtune.platform.errors import NotFoundError, RagtuneError
 from ragtune.platform.settings import Settings
 
 META = "ragtune_adapter.json"
@@ -101,13 +101,13 @@ def resolve(settings: Settings, ref: str) -> Path:
     versions = _versions(folder)
     if not versions:
         known = ", ".join(sorted(d.name for d in settings.adapters_dir.glob("*") if _versions(d)))
-        raise RagtuneError(
+        raise NotFoundError(
             f"no adapter named {name!r} in {settings.adapters_dir} (known: {known or 'none'}): "
             "train one with `ragtune train DATA --name NAME`")
     which = which or "latest"
     version = _aliases(folder).get(which, which)
     if version not in versions:
-        raise RagtuneError(
+        raise NotFoundError(
             f"adapter {name!r} has no version or alias {which!r} (versions: {', '.join(versions)})")
     return folder / version
 

@@ -1,0 +1,120 @@
+"""Constrained decoding for `response_format` json_object / json_schema, with xgrammar.
+
+Why xgrammar: it is maintained (the structured-output engine vLLM, SGLang and TensorRT-LLM use),
+runs the same on CPU and GPU (a token bitmask applied to the logits), works with any Hugging Face
+tokenizer, compiles a small schema in milliseconds, and checks a token in microseconds. outlines
+ties itself to its own generation API, and lm-format-enforcer is slower per token.
+
+A grammar guarantees syntax only if generation finishes. When a JSON answer has used two thirds
+of its token budget, `closing_choice` steers it to the nearest legal token that closes the
+current string or structure, so a JSON answer ends inside `max_tokens` in practice; one that
+still runs out says `finish_reason: length`, as OpenAI does.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+from ragtune.platform.errors import RagtuneError
+
+
+class JsonGrammars:
+    """Compiles and caches JSON grammars for one tokenizer; hands out a matcher per request."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_ids: list[int], cache_size: int = 64):
+        import xgrammar as xgr
+
+        self._xgr = xgr
+        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size,
+                                                  stop_token_ids=stop_ids)
+        self._compiler = xgr.GrammarCompiler(info)
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._size = cache_size
+        self._lock = threading.Lock()
+        self.vocab_size = vocab_size
+        self._closers = _closer_tiers(tokenizer, vocab_size)
+
+    def compile(self, schema: dict[str, Any] | None) -> Any:
+        """A compiled grammar: any JSON object when `schema` is None, else the schema. An invalid
+        schema raises a RagtuneError (HTTP 400) before any model work."""
+        key = json.dumps(schema, sort_keys=True) if schema is not None else ""
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        try:
+            if schema is None:
+                compiled = self._compiler.compile_json_schema(
+                    json.dumps({"type": "object"}), any_whitespace=False)
+            else:
+                compiled = self._compiler.compile_json_schema(key, any_whitespace=False,
+                                                              strict_mode=True)
+        except Exception as e:  # xgrammar raises RuntimeError/ValueError for unsupported schemas
+            raise RagtuneError(
+                f"response_format json_schema could not be compiled ({e}); "
+                "send a valid JSON Schema object") from e
+        with self._lock:
+            self._cache[key] = compiled
+            while len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+        return compiled
+
+    def matcher(self, compiled: Any) -> Any:
+        return self._xgr.GrammarMatcher(compiled)
+
+    def new_bitmask(self) -> torch.Tensor:
+        return self._xgr.allocate_token_bitmask(1, self.vocab_size)
+
+    def mask_(self, logits: torch.Tensor, matcher: Any, bitmask: torch.Tensor) -> None:
+        """Set every token the grammar forbids to -inf, in place (`logits` is 1 x vocab)."""
+        matcher.fill_next_token_bitmask(bitmask)
+        self._xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device))
+
+    def closing_choice(self, logits: torch.Tensor, text: str) -> int:
+        """The best allowed token (logits already masked) that moves toward closing the JSON."""
+        in_string = _in_string(text)
+        tiers = self._closers["string"] if in_string else self._closers["structure"]
+        row = logits[0]
+        for tier in tiers:
+            masked = row.masked_fill(~tier.to(row.device), float("-inf"))
+            best = int(torch.argmax(masked))
+            if torch.isfinite(masked[best]):
+                return best
+        return int(torch.argmax(row))
+
+
+def _in_string(text: str) -> bool:
+    inside, escaped = False, False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\" and inside:
+            escaped = True
+        elif ch == '"':
+            inside = not inside
+    return inside
+
+
+def _closer_tiers(tokenizer: Any, vocab_size: int) -> dict[str, list[torch.Tensor]]:
+    """Token sets, best first: inside a string, tokens holding an unescaped quote; outside,
+    tokens that start by closing a structure, then by opening a (required) string, then by
+    separating."""
+    n = min(vocab_size, len(tokenizer))
+    pieces = tokenizer.batch_decode([[i] for i in range(n)])
+
+    def tier(pred) -> torch.Tensor:  # noqa: ANN001
+        t = torch.zeros(vocab_size, dtype=torch.bool)
+        t[:n] = torch.tensor([bool(s) and pred(s) for s in pieces])
+        return t
+
+    return {
+        "string": [tier(lambda s: '"' in s and "\\" not in s)],
+        "structure": [tier(lambda s: s.lstrip()[:1] in ("}", "]")),
+                      tier(lambda s: s.lstrip()[:1] == '"'),
+                      tier(lambda s: s.lstrip()[:1] in (",", ":"))],
+    }
