@@ -352,10 +352,10 @@ class Collection:
             }
             if documents:
                 out["documents_list"] = [
-                    {"source": r[0], "chunks": r[1], "ingested_at": r[2], "sha256": r[3]}
+                    {"source": r[0], "chunks": r[1], "ingested_at": r[2], "sha256": r[3], "id": r[4]}
                     for r in db.execute(
                         "SELECT d.source, (SELECT COUNT(*) FROM chunks c WHERE c.doc_id=d.id), "
-                        "d.ingested_at, d.sha256 FROM documents d ORDER BY d.source")
+                        "d.ingested_at, d.sha256, d.id FROM documents d ORDER BY d.source")
                 ]
             db.execute("COMMIT")
             return out

@@ -18,8 +18,8 @@ import torch
 
 from ragtune.train import registry
 
-BASE = "__base__"
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft, noise  # peft's name for "no adapter" in a mixed batch
+BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft, noise
 
 
 def adapter_key(version_dir: Path) -> str:

@@ -18,7 +18,7 @@ import itertools
 import queue
 import threading
 import time
-import warnings
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,7 @@ from ragtune.serve.adapters import AdapterPool, adapter_key
 from ragtune.train import registry
 
 _ids = itertools.count(1)
+log = logging.getLogger("ragtune.engine")
 
 
 class Handle:
@@ -279,7 +280,7 @@ class Engine:
         try:
             self._steps(rows, waiting)
         except Exception as e:  # a bug must not kill the worker: fail this batch loudly
-            warnings.warn(f"generation failed: {e!r}", stacklevel=1)
+            log.exception("generation failed: %r", e)
             for r in rows:
                 r.req.handle.put(GenEvent(finish_reason="error"))
             for q in waiting:

@@ -1,0 +1,157 @@
+"""API keys: created by `ragtune keys create`, stored hashed in RAGTUNE_HOME/keys.json, sent as
+`Authorization: Bearer rt-...`. A key has scopes (query, ingest, train, admin; admin implies all)
+and may be limited to some collections and adapters.
+
+With no keys at all, a server bound to loopback runs open (with a warning); bound to any other
+address it refuses to start. Keys are re-read when the file changes, so a key created or revoked
+while the server runs counts at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ragtune.platform.errors import AuthError, ForbiddenError, RagtuneError
+
+SCOPES = ("query", "ingest", "train", "admin")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+# Every endpoint's access rule, in one place (the app checks each route is listed).
+ACCESS = {
+    "GET /healthz": None, "GET /readyz": None, "GET /docs": None, "GET /openapi.json": None,
+    "GET /": None, "GET /redoc": None,
+    "GET /metrics": "admin",
+    "GET /v1/models": "query", "POST /v1/chat/completions": "query",
+    "POST /v1/embeddings": "query",
+    "GET /v1/collections": "query", "GET /v1/collections/{name}": "query",
+    "POST /v1/collections/{name}/search": "query",
+    "POST /v1/collections/{name}/documents": "ingest",
+    "DELETE /v1/collections/{name}/documents/{doc}": "ingest",
+    "GET /v1/adapters": "query", "POST /v1/adapters": "train",
+    "GET /v1/jobs/{job_id}": "query",
+}
+
+
+@dataclass
+class Principal:
+    """Who is asking: a key's id, scopes and limits (None: every collection / adapter)."""
+
+    id: str
+    scopes: frozenset[str]
+    collections: frozenset[str] | None = None
+    adapters: frozenset[str] | None = None
+
+    def need(self, scope: str) -> None:
+        if scope not in self.scopes and "admin" not in self.scopes:
+            raise ForbiddenError(f"key {self.id} lacks the {scope!r} scope: create a key with "
+                                 f"`ragtune keys create --scopes {scope}`")
+
+    def may_collection(self, name: str) -> bool:
+        return self.collections is None or name in self.collections
+
+    def need_collection(self, name: str) -> None:
+        if not self.may_collection(name):
+            raise ForbiddenError(f"key {self.id} may not use collection {name!r}")
+
+    def need_adapter(self, name: str | None) -> None:
+        if name and self.adapters is not None and name.split("@")[0] not in self.adapters:
+            raise ForbiddenError(f"key {self.id} may not use adapter {name!r}")
+
+
+OPEN = Principal("open", frozenset(SCOPES))
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Keys:
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp: tuple[float, int] | None = None
+        self._rows: list[dict[str, Any]] = []
+
+    def _load(self) -> list[dict[str, Any]]:
+        with self._lock:
+            try:
+                st = self.path.stat()
+            except FileNotFoundError:
+                self._stamp, self._rows = None, []
+                return []
+            if self._stamp != (st.st_mtime, st.st_size):
+                try:
+                    self._rows = json.loads(self.path.read_text())["keys"]
+                except (ValueError, KeyError) as e:
+                    raise RagtuneError(f"{self.path} is not a ragtune keys file ({e}): restore it "
+                                       "or delete it and create keys again") from e
+                self._stamp = (st.st_mtime, st.st_size)
+            return self._rows
+
+    def _save(self, rows: list[dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"keys": rows}, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def empty(self) -> bool:
+        return not self._load()
+
+    def create(self, scopes: list[str], collections: list[str] | None = None,
+               adapters: list[str] | None = None, name: str | None = None) -> tuple[str, dict]:
+        bad = [s for s in scopes if s not in SCOPES]
+        if bad or not scopes:
+            raise RagtuneError(f"scopes {bad or scopes}: use some of {', '.join(SCOPES)}")
+        key = "rt-" + secrets.token_urlsafe(32)
+        row = {"id": secrets.token_hex(4), "name": name, "hash": _hash(key),
+               "scopes": sorted(set(scopes)), "collections": collections, "adapters": adapters,
+               "created_at": time.time()}
+        rows = list(self._load())
+        rows.append(row)
+        self._save(rows)
+        return key, {k: v for k, v in row.items() if k != "hash"}
+
+    def list(self) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "hash"} for r in self._load()]
+
+    def revoke(self, key_id: str) -> None:
+        rows = self._load()
+        left = [r for r in rows if r["id"] != key_id]
+        if len(left) == len(rows):
+            raise RagtuneError(f"no key with id {key_id!r}: `ragtune keys list` shows them")
+        self._save(left)
+
+    def check(self, token: str) -> Principal | None:
+        digest = _hash(token)
+        for r in self._load():
+            if hmac.compare_digest(r["hash"], digest):
+                return Principal(r["id"], frozenset(r["scopes"]),
+                                 frozenset(r["collections"]) if r.get("collections") else None,
+                                 frozenset(r["adapters"]) if r.get("adapters") else None)
+        return None
+
+    def principal(self, authorization: str | None, open_allowed: bool) -> Principal:
+        """The caller of a request, from its Authorization header."""
+        if open_allowed and self.empty():
+            return OPEN
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError("this server needs an API key: send `Authorization: Bearer <key>` "
+                            "(create one with `ragtune keys create`)")
+        who = self.check(token.strip())
+        if who is None:
+            raise AuthError("the API key is not known to this server (revoked or mistyped)")
+        return who

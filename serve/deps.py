@@ -1,0 +1,71 @@
+"""What every route needs: the server's state, and who is calling."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from ragtune.platform.assistant import Assistant
+from ragtune.platform.settings import Settings
+from ragtune.serve.auth import Keys, Principal
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    engine: Any
+    assistant: Assistant
+    keys: Keys
+    jobs: Any
+    metrics: Any
+    open_allowed: bool
+    _collections: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    _embedder: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def collection(self, name: str) -> Any:
+        """An open collection for reading, reopened when it was dropped and created again (a new
+        database file); new generations of the same one are read by `search` itself."""
+        from ragtune.ingest.collection import Collection
+
+        db = self.settings.collections_dir / name / "chunks.db"
+        with self._lock:
+            try:
+                stamp = db.stat().st_ino
+            except (FileNotFoundError, OSError):
+                stamp = None
+            cached = self._collections.get(name)
+            if cached and cached[1] == stamp and stamp is not None:
+                return cached[0]
+            if cached:
+                cached[0].close()
+                del self._collections[name]
+            col = Collection.open(name, self.settings, create=False)
+        recorded = col.recorded_embedder or {}
+        if recorded.get("name") == self.settings.embedder:  # share one embedder in memory
+            col._embedder = self.embedder()
+        with self._lock:
+            self._collections[name] = (col, stamp)
+        return col
+
+    def embedder(self) -> Any:
+        with self._lock:
+            if self._embedder is None:
+                from ragtune.ingest.embedder import Embedder
+
+                s = self.settings
+                self._embedder = Embedder(s.embedder, s.embed_backend, s.embed_batch_size,
+                                          cache_dir=s.models_dir / "onnx")
+            return self._embedder
+
+
+def state(request: Request) -> ServerState:
+    return request.app.state.ragtune
+
+
+def principal(request: Request) -> Principal:
+    st = state(request)
+    return st.keys.principal(request.headers.get("authorization"), st.open_allowed)

@@ -1,0 +1,237 @@
+"""The OpenAI-compatible endpoints: chat completions (plain and streamed), models, embeddings."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from ragtune.platform.assistant import JSON_FORMATS, Answer, Prepared
+from ragtune.platform.errors import GenerationTimeout, NotFoundError, RagtuneError
+from ragtune.platform.types import GenEvent, GenParams
+from ragtune.serve.auth import Principal
+from ragtune.serve.deps import principal, state
+from ragtune.serve.schemas import ChatRequest, EmbeddingsRequest
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+def _params(body: ChatRequest, settings: Any) -> GenParams:
+    fmt = body.response_format.type if body.response_format else "text"
+    schema = None
+    if fmt == "json_schema":
+        if body.response_format.json_schema is None:
+            raise RagtuneError("response_format json_schema needs json_schema.schema")
+        schema = body.response_format.json_schema.schema_
+    return GenParams(
+        max_tokens=body.max_completion_tokens or body.max_tokens or settings.max_tokens,
+        temperature=body.temperature or 0.0, top_p=body.top_p or 1.0, stop=list(body.stop or []),
+        seed=body.seed, frequency_penalty=body.frequency_penalty,
+        presence_penalty=body.presence_penalty, repetition_penalty=body.repetition_penalty,
+        response_format=fmt, json_schema=schema)
+
+
+def _json_valid(text: str, params: GenParams) -> bool:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
+    if params.json_schema is None:
+        return isinstance(value, dict)
+    import jsonschema
+
+    try:
+        jsonschema.validate(value, params.json_schema)
+    except jsonschema.ValidationError:
+        return False
+    return True
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatRequest, request: Request,
+                           who: Principal = Depends(principal)) -> Any:
+    """OpenAI chat completions; `rag: {collection, k, mode, where}` adds retrieval and
+    citations; `model` is the base, `base:adapter` or an adapter name."""
+    st = state(request)
+    who.need("query")
+    params = _params(body, st.settings)
+    ref = st.engine.resolve_model(body.model)
+    who.need_adapter(ref.label if ref.adapter else None)
+    retriever, collection = None, None
+    if body.rag is not None:
+        collection = body.rag.collection
+        who.need_collection(collection)
+        retriever = st.collection(collection)
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                for m in body.messages]
+    prep: Prepared = await run_in_threadpool(
+        st.assistant.prepare, messages, retriever, body.rag.k if body.rag else 5,
+        body.rag.mode if body.rag else "dense", body.rag.where if body.rag else None, collection,
+        params.response_format, ref.system)
+    used = st.assistant.used(ref, params)
+    flt = st.assistant.citation_filter(prep, params.response_format)
+    cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    labels = {"adapter": ref.label if ref.adapter else "", "collection": collection or ""}
+
+    def record(answer: Answer) -> None:
+        m = st.metrics
+        m.tokens.labels(**labels).inc(answer.usage["completion_tokens"])
+        m.prompt_tokens.labels(**labels).inc(answer.usage["prompt_tokens"])
+        for c in answer.citations:
+            if c["cited"]:
+                m.citations.labels(**labels, kind=c["cited_by"]).inc()
+        if answer.invalid_citations:
+            m.citations.labels(**labels, kind="invalid").inc(answer.invalid_citations)
+        if params.response_format in JSON_FORMATS:
+            m.json.labels(**labels, valid=str(_json_valid(answer.text, params)).lower()).inc()
+        if prep.refusal:
+            m.refusals.labels(collection=labels["collection"]).inc()
+
+    def extra(answer: Answer) -> dict[str, Any]:
+        return {"citations": answer.citations,
+                "ragtune": {**answer.used, "invalid_citations": answer.invalid_citations}}
+
+    handle = None
+    if not prep.refusal:
+        handle = st.engine.submit(st.engine.prompt_ids(prep.messages), params, ref.adapter,
+                                  ref.folder, loop=asyncio.get_running_loop())
+    started = time.monotonic()
+
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        def chunk(delta: dict, finish: str | None = None, **more: Any) -> str:
+            obj = {"id": cid, "object": "chat.completion.chunk", "created": created,
+                   "model": ref.label, "choices": [{"index": 0, "delta": delta,
+                                                    "finish_reason": finish, "logprobs": None}],
+                   **more}
+            return f"data: {json.dumps(obj)}\n\n"
+
+        async def events():
+            text, last, first = "", GenEvent(finish_reason="stop"), True
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                if handle is None:
+                    text = prep.refusal
+                    yield chunk({"content": text})
+                else:
+                    async for ev in handle.aevents():
+                        piece = flt.feed(ev.text)
+                        if piece:
+                            if first:
+                                st.metrics.ttft.labels(adapter=labels["adapter"]).observe(
+                                    time.monotonic() - started)
+                                first = False
+                            text += piece
+                            yield chunk({"content": piece})
+                        last = ev
+                    tail = flt.flush()
+                    if tail:
+                        text += tail
+                        yield chunk({"content": tail})
+                if last.finish_reason in ("timeout", "error"):
+                    err = {"message": f"generation {last.finish_reason}", "type":
+                           "timeout_error" if last.finish_reason == "timeout" else "server_error"}
+                    yield f"data: {json.dumps({'error': err})}\n\n"
+                    yield "data: [DONE]\n\n"
+                    return
+                answer = st.assistant.finish(prep, text, flt, last, used)
+                record(answer)
+                yield chunk({}, answer.finish_reason, **extra(answer))
+                if include_usage:
+                    yield (f"data: {json.dumps({'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': ref.label, 'choices': [], 'usage': answer.usage})}\n\n")  # noqa: E501
+                yield "data: [DONE]\n\n"
+            finally:
+                if handle is not None:
+                    handle.cancel()  # a client that went away stops its generation
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    text, last = "", GenEvent(finish_reason="stop")
+    if handle is None:
+        text = prep.refusal
+    else:
+        async def collect() -> tuple[str, GenEvent]:
+            out, end = "", GenEvent()
+            async for ev in handle.aevents():
+                out += flt.feed(ev.text)
+                end = ev
+            return out + flt.flush(), end
+
+        try:
+            text, last = await asyncio.wait_for(collect(), st.settings.request_timeout + 5)
+        except TimeoutError:
+            raise GenerationTimeout("the generation took longer than RAGTUNE_REQUEST_TIMEOUT") from None
+        finally:
+            handle.cancel()
+        if last.finish_reason == "timeout":
+            raise GenerationTimeout(
+                f"the generation took longer than {st.settings.request_timeout:.0f}s "
+                "(RAGTUNE_REQUEST_TIMEOUT): lower max_tokens or retry when the server is less busy")
+        if last.finish_reason == "error":
+            raise RuntimeError("generation failed; the server log says why")
+    answer = st.assistant.finish(prep, text.strip(), flt, last, used)
+    record(answer)
+    return {"id": cid, "object": "chat.completion", "created": created, "model": ref.label,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+                         "finish_reason": answer.finish_reason, "logprobs": None}],
+            "usage": answer.usage, **extra(answer)}
+
+
+@router.get("/models")
+def list_models(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    """The served base model and every registered adapter (name and name@version)."""
+    from ragtune.train import registry
+
+    st = state(request)
+    who.need("query")
+    base = st.engine.model_name
+    data = [{"id": base, "object": "model", "created": 0, "owned_by": "ragtune", "root": base,
+             "parent": None}]
+    seen: set[str] = set()
+    for a in registry.list_adapters(st.settings):
+        if who.adapters is not None and a["name"] not in who.adapters:
+            continue
+        ids = [f"{a['name']}@{a['version']}"] + [f"{a['name']}@{x}" for x in a["aliases"]]
+        if "latest" in a["aliases"]:
+            ids.insert(0, a["name"])
+        for i in ids:
+            if i not in seen:
+                seen.add(i)
+                data.append({"id": i, "object": "model",
+                             "created": int(a["created_at"] or 0), "owned_by": "ragtune",
+                             "root": base, "parent": base})
+    return {"object": "list", "data": data}
+
+
+@router.post("/embeddings")
+async def embeddings(body: EmbeddingsRequest, request: Request,
+                     who: Principal = Depends(principal)) -> dict[str, Any]:
+    """OpenAI embeddings with the embedder (normalised vectors)."""
+    st = state(request)
+    who.need("query")
+    emb = st.embedder()
+    if body.model not in ("default", st.settings.embedder, emb.identity["name"]):
+        raise NotFoundError(f"embedding model {body.model!r} is not served here: use "
+                            f"{st.settings.embedder!r}")
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if body.dimensions is not None and body.dimensions != emb.dim:
+        raise RagtuneError(f"dimensions {body.dimensions}: this embedder gives {emb.dim}")
+    vecs = await run_in_threadpool(emb.encode, texts)
+    data = []
+    for i, v in enumerate(np.asarray(vecs, dtype=np.float32)):
+        value: Any = (base64.b64encode(v.astype("<f4").tobytes()).decode()
+                      if body.encoding_format == "base64" else v.tolist())
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    tokens = sum(len(emb.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    return {"object": "list", "data": data, "model": emb.identity["name"],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
