@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from contextlib import asynccontextmanager
 import warnings
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import logging
 import queue
 import threading
 import time
-import logging
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from ragtune.platform.prompt import render
 from ragtune.platform.settings import Settings
 from ragtune.platform.types import GenEvent, GenParams, ModelRef
 from ragtune.serve.adapters import AdapterPool, adapter_key
+from ragtune.serve.grammar import closing_reserve
 from ragtune.train import registry
 
 _ids = itertools.count(1)
@@ -178,7 +180,7 @@ class Engine:
     def grammars(self):
         with self._grammar_lock:
             if self._grammars is None:
-                from ragtune.serve.grammar import JsonGrammars
+                from ragtune.serve.grammar import JsonGrammars  # xgrammar loads on first use
 
                 self._grammars = JsonGrammars(self.tokenizer, self.vocab_size, sorted(self.eos_ids))
             return self._grammars
@@ -407,7 +409,7 @@ class Engine:
         if r.matcher is not None:
             g = self.grammars()
             g.mask_(row, r.matcher, r.bitmask)
-            if len(r.generated) >= p.max_tokens - max(24, p.max_tokens // 3):
+            if len(r.generated) >= p.max_tokens - closing_reserve(p.max_tokens, p.json_schema):
                 return g.closing_choice(row, self.tokenizer.decode(r.generated))
         if p.temperature <= 0 or r.rng is None:
             return int(torch.argmax(row[0]))
@@ -435,8 +437,8 @@ class Engine:
             if s and at != -1:
                 end, r.finish = min(end, at), "stop"
         if r.finish is None:
-            if r.matcher is not None and r.matcher.is_terminated():
-                r.finish = "stop"
+            if r.matcher is not None and (r.matcher.is_terminated() or _complete_json(text)):
+                r.finish = "stop"  # the grammar allows nothing but EOS now
             elif len(r.generated) >= p.max_tokens:
                 r.finish = "length"
             else:  # hold back a possible stop-string prefix and half a UTF-8 character
@@ -472,3 +474,13 @@ def _join(state: dict[str, Any], cache: Any, mask: torch.Tensor, names: list[str
         old.values = torch.cat([pad(old.values, t - t_old, 2), pad(new.values, t - t_new, 2)], dim=0)
     state["mask"] = torch.cat([pad(old_mask, t - t_old, 1), pad(mask, t - t_new, 1)], dim=0)
     state["names"] = state["names"] + names
+
+
+def _complete_json(text: str) -> bool:
+    if not text.rstrip().endswith(("}", "]")):
+        return False
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True

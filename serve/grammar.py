@@ -5,8 +5,8 @@ runs the same on CPU and GPU (a token bitmask applied to the logits), works with
 tokenizer, compiles a small schema in milliseconds, and checks a token in microseconds. outlines
 ties itself to its own generation API, and lm-format-enforcer is slower per token.
 
-A grammar guarantees syntax only if generation finishes. When a JSON answer has used two thirds
-of its token budget, `closing_choice` steers it to the nearest legal token that closes the
+A grammar guarantees syntax only if generation finishes. When a JSON answer nears the end of its
+token budget (`closing_reserve`), `closing_choice` steers it to the nearest legal token that closes the
 current string or structure, so a JSON answer ends inside `max_tokens` in practice; one that
 still runs out says `finish_reason: length`, as OpenAI does.
 """
@@ -88,6 +88,19 @@ class JsonGrammars:
         return int(torch.argmax(row))
 
 
+def closing_reserve(max_tokens: int, schema: dict[str, Any] | None) -> int:
+    """Tokens kept for closing a JSON answer: a third of the budget, at least 24, and at least
+    ~5 per property the schema names (their keys and values still to come are forced)."""
+    def props(node: Any) -> int:
+        if isinstance(node, dict):
+            return len(node.get("properties", {}) or {}) + sum(props(v) for v in node.values())
+        if isinstance(node, list):
+            return sum(props(v) for v in node)
+        return 0
+
+    return max(24, max_tokens // 3, 8 + 5 * props(schema) if schema else 0)
+
+
 def _in_string(text: str) -> bool:
     inside, escaped = False, False
     for ch in text:
@@ -114,7 +127,7 @@ def _closer_tiers(tokenizer: Any, vocab_size: int) -> dict[str, list[torch.Tenso
 
     return {
         "string": [tier(lambda s: '"' in s and "\\" not in s)],
-        "structure": [tier(lambda s: s.lstrip()[:1] in ("}", "]")),
+        "structure": [tier(lambda s: s.lstrip()[:1] in ("}", "]") or s.strip() in ("[]", "{}")),
                       tier(lambda s: s.lstrip()[:1] == '"'),
                       tier(lambda s: s.lstrip()[:1] in (",", ":"))],
     }
