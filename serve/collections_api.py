@@ -92,8 +92,10 @@ async def upload_documents(name: str, request: Request,
     st = state(request)
     who.need("ingest")
     who.need_collection(_check(name))
-    staging = st.settings.home / "uploads" / name
-    folder = staging / f"{os.getpid()}-{id(files)}"
+    # Uploaded files live on in uploads/<collection>/ so a document keeps one source path: the
+    # same file name uploaded again replaces that document (or is skipped when unchanged).
+    kept = st.settings.home / "uploads" / name
+    folder = kept / f".incoming-{os.getpid()}-{id(files)}"
     try:
         paths = await _save_uploads(files, folder, st.settings.max_upload_mb * 2**20)
     except Exception:
@@ -102,9 +104,13 @@ async def upload_documents(name: str, request: Request,
 
     def run(rec: dict) -> dict:
         try:
+            final = []
+            for p in paths:
+                os.replace(p, kept / p.name)
+                final.append(str(kept / p.name))
             col = Collection.open(name, st.settings)
             try:
-                return col.add([str(p) for p in paths]).to_dict()
+                return col.add(final).to_dict()
             finally:
                 col.close()
         finally:

@@ -20,7 +20,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,7 @@ class Engine:
         self.running = 0
         self.steps = 0
         self.batch_sizes: list[int] = []  # rows per decode step, for tests and the benchmark
+        self.finished: Counter[str] = Counter()  # finish reasons
         self._thread = threading.Thread(target=self._loop, name="ragtune-engine", daemon=True)
         self._thread.start()
 
@@ -451,6 +452,7 @@ class Engine:
             r.sent = end
 
     def _finish(self, r: _Row) -> None:
+        self.finished[r.finish or "stop"] += 1
         r.req.handle.put(GenEvent(finish_reason=r.finish, prompt_tokens=len(r.req.ids),
                                   completion_tokens=len(r.generated)))
 

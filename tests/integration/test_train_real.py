@@ -51,3 +51,21 @@ def test_train_cli_end_to_end_on_the_embedded_model(tmp_path, real_generator):
     peft_model = registry.attach(model, version, settings.models_dir / "SmolLM2-135M-Instruct",
                                  tokenizer=tok)
     assert "default" in peft_model.peft_config
+    assert meta["system_prompt"].startswith("You are Acme's support assistant")
+
+    # `ragtune ask` on an ingested sample, with and without the adapter: an answer with a citation
+    acme = REPO / "samples" / "acme"
+    ing = subprocess.run(run + ["ingest", str(acme), "-c", "acme"], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert ing.returncode == 0, ing.stderr[-2000:]
+    for extra in ([], ["--adapter", "support-voice"]):
+        asked = subprocess.run(run + ["ask", "How much does the Pro plan cost per month?", "-c",
+                                      "acme", "--max-tokens", "48", "--json"] + extra,
+                               env=env, capture_output=True, text=True, timeout=600)
+        assert asked.returncode == 0, asked.stderr[-2000:]
+        answer = json.loads(asked.stdout)
+        assert answer["answer"] and answer["used"]["adapter"] == (
+            "support-voice@v1" if extra else None)
+        cited = [c for c in answer["citations"] if c["cited"]]
+        assert cited, answer  # a marker the model wrote, or attributed by overlap
+        assert all(c["source"].startswith(str(acme)) and c["chunk_id"] >= 1 for c in cited)
