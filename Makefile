@@ -48,6 +48,7 @@ bench: install
 	$(PY) bench/ingest.py
 	$(VENV)/bin/ragtune models import
 	$(PY) bench/train.py
+	$(PY) bench/serve.py
 
 lint: install
 	$(VENV)/bin/ruff check .

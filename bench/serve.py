@@ -1,0 +1,203 @@
+"""Serving benchmark, in one run on the embedded SmolLM2-135M: the API (a real `ragtune serve`
+process, the official openai client) against a plain `model.generate` of the same prompt.
+
+    python bench/serve.py            # `make bench`; needs `ragtune models import` once
+
+Reports: time to first token and decode tokens/s through the API vs `generate` (target: API
+overhead <= 1.15x); throughput with 8 concurrent clients vs one at a time (target >= 4x);
+p50/p99 end-to-end latency of a RAG question; the server's resident memory.
+Writes bench/results/serve.json and serve.md. Targets are reported, never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+REPO = HERE.parent
+PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
+RAG_Q = ["How much does the Pro plan cost per month?", "When is phone support open?",
+         "How long do I have to return a product?", "Do you ship to Italy?",
+         "What does the warranty cover?"]
+
+
+def plain_generate(tokens: int, reps: int) -> dict:
+    """Baseline: transformers `generate`, greedy, with a streamer to time the first token."""
+    import torch
+    from transformers import TextIteratorStreamer
+
+    from ragtune.platform.models import load_generator
+    from ragtune.platform.prompt import render
+    from ragtune.platform.settings import get_settings
+
+    model, tok = load_generator(get_settings().generator, get_settings(), device="cpu")
+    ids = tok(render(tok, PROMPT, add_generation_prompt=True), return_tensors="pt",
+              add_special_tokens=False)
+    ttft, rate, n = [], [], 0
+    for _ in range(reps):
+        streamer = TextIteratorStreamer(tok, skip_prompt=True)
+        t0 = time.perf_counter()
+        th = threading.Thread(target=lambda: model.generate(
+            **ids, max_new_tokens=tokens, do_sample=False, streamer=streamer,
+            pad_token_id=tok.eos_token_id))
+        th.start()
+        first = None
+        for piece in streamer:
+            if first is None and piece:
+                first = time.perf_counter()
+        th.join()
+        end = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=tokens, do_sample=False,
+                                 pad_token_id=tok.eos_token_id)
+        n = out.shape[1] - ids["input_ids"].shape[1]
+        ttft.append(first - t0)
+        rate.append((n - 1) / (end - first))
+    del model
+    return {"ttft_s": statistics.median(ttft), "decode_tok_s": statistics.median(rate), "tokens": n}
+
+
+def api_stream(client, tokens: int) -> tuple[float, float, int]:
+    t0 = time.perf_counter()
+    first, n = None, 0
+    stream = client.chat.completions.create(
+        model="base", messages=PROMPT, max_tokens=tokens, stream=True, temperature=0,
+        stream_options={"include_usage": True}, extra_body={"repetition_penalty": 1.0})
+    for ch in stream:
+        if ch.choices and ch.choices[0].delta.content and first is None:
+            first = time.perf_counter()
+        if ch.usage:
+            n = ch.usage.completion_tokens
+    end = time.perf_counter()
+    return first - t0, (n - 1) / (end - first), n
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--rag", type=int, default=20, help="RAG questions for the latency figures")
+    args = ap.parse_args()
+    import openai
+    import psutil
+
+    env = {**os.environ}
+    subprocess.run([sys.executable, "-m", "ragtune.cli", "ingest", str(REPO / "samples" / "acme"),
+                    "-c", "acme"], check=True, env=env, capture_output=True)
+    base = plain_generate(args.tokens, args.reps)
+    print(f"generate: ttft {base['ttft_s'] * 1000:.0f} ms, {base['decode_tok_s']:.1f} tok/s",
+          flush=True)
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "ragtune.cli", "serve", "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
+                               max_retries=0, timeout=600)
+        for _ in range(600):
+            try:
+                client.models.list()
+                break
+            except openai.APIConnectionError:
+                time.sleep(0.2)
+        api_stream(client, 8)  # warm-up
+        runs = [api_stream(client, args.tokens) for _ in range(args.reps)]
+        api = {"ttft_s": statistics.median(r[0] for r in runs),
+               "decode_tok_s": statistics.median(r[1] for r in runs), "tokens": runs[0][2]}
+        print(f"API: ttft {api['ttft_s'] * 1000:.0f} ms, {api['decode_tok_s']:.1f} tok/s", flush=True)
+
+        def one(i: int, out: list) -> None:
+            r = client.chat.completions.create(
+                model="base", max_tokens=48, temperature=0, extra_body={"repetition_penalty": 1.0},
+                messages=[{"role": "user", "content": f"Story number {i}: a dragon and a baker."}])
+            out.append(r.usage.completion_tokens)
+
+        seq: list[int] = []
+        t0 = time.perf_counter()
+        for i in range(args.clients):
+            one(i, seq)
+        seq_s = time.perf_counter() - t0
+        conc: list[int] = []
+        threads = [threading.Thread(target=one, args=(i, conc)) for i in range(args.clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        conc_s = time.perf_counter() - t0
+        seq_rate, conc_rate = sum(seq) / seq_s, sum(conc) / conc_s
+        print(f"throughput: sequential {seq_rate:.1f} tok/s, {args.clients} concurrent "
+              f"{conc_rate:.1f} tok/s ({conc_rate / seq_rate:.2f}x)", flush=True)
+
+        lat, cited = [], 0
+        for i in range(args.rag):
+            t0 = time.perf_counter()
+            r = client.chat.completions.create(
+                model="base", max_tokens=32, messages=[{"role": "user", "content": RAG_Q[i % 5]}],
+                extra_body={"rag": {"collection": "acme", "k": 3}})
+            lat.append(time.perf_counter() - t0)
+            cited += any(c["cited"] for c in r.model_extra["citations"])
+        lat.sort()
+        p50 = statistics.median(lat)
+        p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]
+        rss = psutil.Process(server.pid).memory_info().rss / 2**20
+        print(f"RAG: p50 {p50:.2f}s p99 {p99:.2f}s; server RSS {rss:.0f} MiB", flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+    result = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "model": "SmolLM2-135M-Instruct (fp32, CPU)",
+        "generate": base, "api": api,
+        "api_overhead": {"ttft": api["ttft_s"] / base["ttft_s"],
+                         "decode": base["decode_tok_s"] / api["decode_tok_s"]},
+        "throughput": {"clients": args.clients, "sequential_tok_s": seq_rate,
+                       "concurrent_tok_s": conc_rate, "speedup": conc_rate / seq_rate},
+        "rag_latency_s": {"p50": p50, "p99": p99, "n": args.rag, "answers_with_citation": cited},
+        "server_rss_mib": rss,
+        "targets": {"api_overhead_max": 1.15, "concurrency_speedup_min": 4.0},
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "serve.json").write_text(json.dumps(result, indent=2))
+    o = result["api_overhead"]
+    md = [
+        "| measure | plain `generate` | ragtune API | ratio (target) |", "|---|---|---|---|",
+        f"| time to first token | {base['ttft_s'] * 1000:.0f} ms | {api['ttft_s'] * 1000:.0f} ms "
+        f"| {o['ttft']:.2f}x (<= 1.15x) |",
+        f"| decode tokens/s | {base['decode_tok_s']:.1f} | {api['decode_tok_s']:.1f} "
+        f"| {o['decode']:.2f}x (<= 1.15x) |",
+        f"| throughput, {args.clients} concurrent clients vs one at a time | "
+        f"{seq_rate:.1f} tok/s | {conc_rate:.1f} tok/s | {conc_rate / seq_rate:.2f}x (>= 4x) |",
+        "", "| RAG question end to end (k=3, 32 tokens) | value |", "|---|---|",
+        f"| p50 latency | {p50:.2f} s |", f"| p99 latency | {p99:.2f} s |",
+        f"| answers with a citation | {cited}/{args.rag} |",
+        f"| server resident memory | {rss:.0f} MiB |",
+    ]
+    (RESULTS / "serve.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
