@@ -178,7 +178,8 @@ async def train_adapter(request: Request,
             raise RagtuneError(f"{label} must be positive (got {v})")
     folder = st.settings.jobs_dir / "uploads" / f"{name}-{os.getpid()}-{id(file)}"
     (path,) = await _save_uploads([file], folder, st.settings.max_upload_mb * 2**20)
-    cmd = [sys.executable, "-m", "ragtune.cli", "train", str(path), "--name", name]
+    cmd = [sys.executable, "-m", "ragtune.cli", "train", str(path), "--name", name,
+           "--base", str(st.settings.generator)]  # the base this server serves
     for flag, v in (("--epochs", epochs), ("--max-steps", max_steps), ("--lr", lr)):
         if v is not None:
             cmd += [flag, str(v)]

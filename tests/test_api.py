@@ -301,3 +301,31 @@ def test_a_client_that_disconnects_stops_its_generation(served):
             break
         time.sleep(0.05)
     assert served.engine.finished["cancelled"] == before + 1
+
+
+def test_train_an_adapter_through_the_api_and_serve_it(served, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    data = tmp_path / "voice.jsonl"
+    subprocess.run([sys.executable, str(REPO / "samples" / "support_dataset.py"), str(data),
+                    "--n", "16"], check=True, capture_output=True)
+    r = httpx.post(served.url + "/v1/adapters", data={"name": "api-voice", "max_steps": "1"},
+                   files={"file": ("voice.jsonl", data.read_bytes())})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    for _ in range(1200):
+        job = httpx.get(f"{served.url}/v1/jobs/{job['id']}").json()
+        if job["status"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.25)
+    assert job["status"] == "succeeded", job
+    assert job["result"]["adapter"] == "api-voice@v1"
+    client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
+    assert "api-voice" in [m.id for m in client.models.list().data]
+    out = client.chat.completions.create(model="api-voice", max_tokens=4,
+                                         messages=[{"role": "user", "content": "hi"}])
+    assert out.model_extra["ragtune"]["adapter"] == "api-voice@v1"
