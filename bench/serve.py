@@ -51,7 +51,7 @@ def plain_generate(tokens: int, reps: int) -> dict:
     for _ in range(reps):
         streamer = TextIteratorStreamer(tok, skip_prompt=True)
         t0 = time.perf_counter()
-        th = threading.Thread(target=lambda: model.generate(
+        th = threading.Thread(target=model.generate, kwargs=dict(
             **ids, max_new_tokens=tokens, do_sample=False, streamer=streamer,
             pad_token_id=tok.eos_token_id))
         th.start()
@@ -67,7 +67,6 @@ def plain_generate(tokens: int, reps: int) -> dict:
         n = out.shape[1] - ids["input_ids"].shape[1]
         ttft.append(first - t0)
         rate.append((n - 1) / (end - first))
-    del model
     return {"ttft_s": statistics.median(ttft), "decode_tok_s": statistics.median(rate), "tokens": n}
 
 
