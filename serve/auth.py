@@ -37,7 +37,7 @@ ACCESS = {
     "POST /v1/collections/{name}/documents": "ingest",
     "DELETE /v1/collections/{name}/documents/{doc}": "ingest",
     "GET /v1/adapters": "query", "POST /v1/adapters": "train",
-    "GET /v1/jobs/{job_id}": "query",
+    "GET /v1/jobs/{job_id}": "query", "POST /v1/route": "query",
 }
 
 

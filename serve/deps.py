@@ -24,6 +24,8 @@ class ServerState:
     open_allowed: bool
     _collections: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     _embedder: Any = None
+    _router: Any = None
+    _qrouter: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def collection(self, name: str) -> Any:
@@ -62,6 +64,25 @@ class ServerState:
             return self._embedder
 
 
+    def router(self) -> Any:
+        from ragtune.platform.router import Router
+
+        emb = self.embedder()
+        with self._lock:
+            if self._router is None:
+                self._router = Router(emb.encode)
+            return self._router
+
+    def query_router(self) -> Any:
+        from ragtune.platform.router import QueryRouter
+
+        emb = self.embedder()
+        with self._lock:
+            if self._qrouter is None:
+                self._qrouter = QueryRouter(emb.encode)
+            return self._qrouter
+
+
 def state(request: Request) -> ServerState:
     return request.app.state.ragtune
 
@@ -69,3 +90,4 @@ def state(request: Request) -> ServerState:
 def principal(request: Request) -> Principal:
     st = state(request)
     return st.keys.principal(request.headers.get("authorization"), st.open_allowed)
+

@@ -63,20 +63,36 @@ async def chat_completions(body: ChatRequest, request: Request,
     st = state(request)
     who.need("query")
     params = _params(body, st.settings)
-    ref = st.engine.resolve_model(body.model)
-    who.need_adapter(ref.label if ref.adapter else None)
-    retriever, collection = None, None
-    if body.rag is not None:
-        collection = body.rag.collection
-        who.need_collection(collection)
-        retriever = st.collection(collection)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                 for m in body.messages]
+    rag, model, auto = body.rag, body.model, None
+    if model == "auto":  # the applied plan decides: adapter, and whether to retrieve
+        from ragtune.platform.assistant import last_user_text
+        from ragtune.serve.auto import choose
+        from ragtune.serve.schemas import RagSpec
+
+        auto = await run_in_threadpool(choose, st.settings, last_user_text(messages),
+                                       st.query_router(), st.embedder().encode)
+        model = auto["adapter"] or "base"
+        if rag is None and auto["retrieve"]:
+            rag = RagSpec(collection=auto["collection"], mode=auto["mode"])
+    ref = st.engine.resolve_model(model)
+    who.need_adapter(ref.label if ref.adapter else None)
+    system = ref.system
+    if auto and auto["system_prompt"]:
+        system = "\n".join(([system] if system else []) + auto["system_prompt"])
+    retriever, collection = None, None
+    if rag is not None:
+        collection = rag.collection
+        who.need_collection(collection)
+        retriever = st.collection(collection)
     prep: Prepared = await run_in_threadpool(
-        st.assistant.prepare, messages, retriever, body.rag.k if body.rag else 5,
-        body.rag.mode if body.rag else "dense", body.rag.where if body.rag else None, collection,
-        params.response_format, ref.system)
+        st.assistant.prepare, messages, retriever, rag.k if rag else 5,
+        rag.mode if rag else "dense", rag.where if rag else None, collection,
+        params.response_format, system)
     used = st.assistant.used(ref, params)
+    if auto is not None:
+        used["auto"] = {k: auto[k] for k in ("adapter", "retrieve", "collection", "why", "query")}
     flt = st.assistant.citation_filter(prep, params.response_format)
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     labels = {"adapter": ref.label if ref.adapter else "", "collection": collection or ""}

@@ -1,0 +1,153 @@
+"""The decision module with the real embedded embedder: each rule of the matrix, hints over
+text, the transparent report, the plan, and the CLI on the demo's requirements."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from ragtune.cli import app
+from ragtune.platform.errors import RagtuneError
+from ragtune.platform.plan import make_plan
+from ragtune.platform.router import (
+    DECISIONS,
+    RULES,
+    Requirement,
+    Router,
+    mentioned_examples,
+    parse_requirements,
+)
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def router():
+    from ragtune.ingest.embedder import Embedder
+
+    return Router(Embedder("all-MiniLM-L6-v2").encode)
+
+
+# one fresh statement per rule of the matrix (none of them is a prototype)
+CASES = [
+    ("Customers ask whether the cordless drill is back in stock at their local branch.",
+     "RAG", "changing-facts"),
+    ("Every answer about our insurance terms must say which document and page it came from.",
+     "RAG", "must-cite"),
+    ("Replies should feel warm and playful, the way our community managers talk.",
+     "FINE_TUNE", "voice-tone"),
+    ("Output must be valid JSON with the keys verdict, score and rationale.",
+     "FINE_TUNE", "output-format"),
+    ("The model keeps getting our trading desk jargon and abbreviations wrong.",
+     "FINE_TUNE", "vocabulary"),
+    ("A legal research assistant over thousands of court judgments that writes like our senior "
+     "counsel.", "HYBRID", "deep-expertise"),
+    ("Give today's exchange rates in our fixed JSON schema for the treasury dashboard.",
+     "HYBRID", "facts-and-format"),
+    ("Never mention competitors by name.", "PROMPT", "one-line-instruction"),
+    ("We'd like replies in our newsletter style, but we only have 12 examples so far.",
+     "PROMPT", "few-examples"),
+]
+
+
+@pytest.mark.parametrize(("text", "decision", "rule"), CASES)
+def test_each_rule_of_the_matrix(router, text, decision, rule):
+    (d,) = router.route([text])
+    assert d.decision == decision, (d.scores, d.cues)
+    assert rule in {r["rule"] for r in d.reasons}
+    assert 0 < d.confidence <= 1 and set(d.scores) == set(DECISIONS)
+    assert d.risks and d.needs
+
+
+def test_the_report_shows_cues_and_nearest_prototypes(router):
+    (d,) = router.route(["Show live stock levels for each warehouse."])
+    assert {"rule": "changing-facts", "match": "live"} in d.cues or any(
+        c["rule"] == "changing-facts" for c in d.cues)
+    assert len(d.nearest) == 3 and all({"text", "label", "similarity"} <= set(n)
+                                       for n in d.nearest)
+    assert d.nearest[0]["similarity"] >= d.nearest[1]["similarity"]
+    assert all(r["rule"] in RULES or r["rule"] == "nearest-prototypes" for r in d.reasons)
+
+
+@pytest.mark.parametrize(("hints", "decision", "rule"), [
+    ({"kind": "style"}, "FINE_TUNE", "voice-tone"),
+    ({"changes": "daily"}, "RAG", "changing-facts"),
+    ({"kind": "format", "must_cite": True}, "HYBRID", "facts-and-format"),
+    ({"kind": "format", "examples": 10}, "PROMPT", "few-examples"),
+    ({"kind": "policy"}, "PROMPT", "one-line-instruction"),
+    ({"sources": ["docs/handbook"]}, "RAG", "must-cite"),
+])
+def test_hints_win_over_the_text(router, hints, decision, rule):
+    text = "Never mention competitors by name."  # the text alone says PROMPT
+    (d,) = router.route([Requirement(text, **hints)])
+    if decision == "PROMPT" and rule == "one-line-instruction":
+        assert d.decision == "PROMPT"
+    else:
+        assert d.decision == decision
+    assert rule in {r["rule"] for r in d.reasons}
+    assert d.confidence >= 0.95 and any(r["evidence"].startswith("hint") for r in d.reasons)
+
+
+def test_examples_counted_from_the_text():
+    assert mentioned_examples("we have 800 past chat transcripts") == 800
+    assert mentioned_examples("only a dozen sample replies") == 12
+    assert mentioned_examples("we have 1,200 labelled tickets") == 1200
+    assert mentioned_examples("no examples yet") == 0
+    assert mentioned_examples("answer in JSON") is None
+
+
+def test_bad_requirements_are_named():
+    with pytest.raises(RagtuneError, match="item 2 has no `text`"):
+        parse_requirements(["fine", {"kind": "style"}])
+    with pytest.raises(RagtuneError, match="changes 'monthly' is not one of"):
+        parse_requirements([{"text": "x", "changes": "monthly"}])
+    with pytest.raises(RagtuneError, match="unknown keys"):
+        parse_requirements([{"text": "x", "kinds": "style"}])
+    with pytest.raises(RagtuneError, match="non-empty list"):
+        parse_requirements([])
+
+
+def test_plan_names_what_to_build(router):
+    reqs = parse_requirements([
+        {"text": "Prices change every day.", "changes": "daily", "sources": ["docs/prices"]},
+        {"text": "Answer in our brand voice.", "kind": "style", "examples": 300},
+        {"text": "Quote the contract clause, in our JSON format.", "kind": "format",
+         "must_cite": True},
+        "Answer in the customer's language.",
+        {"text": "Write like our editors.", "kind": "style", "examples": 8},
+    ])
+    plan = make_plan(router.route(reqs), "shop")
+    (col,) = plan["collections"]
+    assert col["name"] == "shop-docs" and col["sources"] == ["docs/prices"]
+    assert col["requirements"] == ["R1", "R3"]
+    (ad,) = plan["adapters"]
+    assert ad["requirements"] == ["R2", "R3"] and ad["with_context"] == "shop-docs"
+    assert plan["system_prompt"] == ["Answer in the customer's language.",
+                                     "Write like our editors."]
+    assert any(c["requirement"] == "R5" and "42+" in c["what"] for c in plan["collect"])
+
+
+def test_route_cli_on_the_demo_requirements(tmp_path):
+    reqs = tmp_path / "acme.yaml"
+    reqs.write_text((REPO / "samples" / "acme-requirements.yaml").read_text())
+    r = CliRunner().invoke(app, ["route", str(reqs), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    texts = [d["text"] for d in out]
+    assert texts[0].startswith("Tell customers how many units") and len(out) == 8
+    assert all({"text", "decision", "confidence", "reasons"} <= set(d) for d in out)
+    got = [d["decision"] for d in out]
+    assert got == ["RAG", "FINE_TUNE", "FINE_TUNE", "RAG", "RAG", "PROMPT", "PROMPT", "HYBRID"]
+    plan = json.loads((tmp_path / "acme.plan.json").read_text())
+    assert plan["collections"][0]["sources"] == ["acme"]
+    assert plan["adapters"][0]["name"] == "acme-voice"
+    table = CliRunner().invoke(app, ["route", str(reqs)])
+    assert "HYBRID" in table.output and "changing-facts" in table.output
+
+
+def test_route_cli_reports_a_bad_file(tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("- text: ok\n- kind: style\n")
+    r = CliRunner().invoke(app, ["route", str(bad)])
+    assert r.exit_code != 0 and "item 2 has no `text`" in str(r.exception or r.output)
