@@ -39,6 +39,8 @@ RULES: dict[str, tuple[str, str]] = {
     "vocabulary": ("FINE_TUNE", "domain jargon and house vocabulary are learned by an adapter"),
     "task-behaviour": ("FINE_TUNE", "a task behaviour shown by many examples is learned by an "
                        "adapter"),
+    "enough-examples": ("FINE_TUNE", f"enough example answers exist to train on (about "
+                        f"{STYLE_EXAMPLES}-100 are needed for style)"),
     "deep-expertise": ("HYBRID", "deep, stable expertise over a large corpus: the index holds the "
                        "facts, an adapter the vocabulary and format"),
     "facts-and-format": ("HYBRID", "changing or cited facts and a trained voice or format in one "
@@ -109,6 +111,7 @@ CUES: dict[str, list[str]] = {
         r"keys?", r"structured", r"valid (json|yaml|xml|sql)", r"parse(able|s)?",
         r"(fixed|strict|exact|house|our) (format|layout|structure|headings|sections)",
         r"formatted (as|in) (json|yaml|xml|our)",
+        r"in (our|the|a) ([\w-]+ ){0,2}(format|template|layout)",
         r"layout", r"template", r"syntax", r"code (style|conventions)", r"house style",
         r"lint\w*", r"typescript", r"python code", r"terraform", r"regex", r"machine[- ]readable",
         r"api (payload|response)"],
@@ -135,7 +138,7 @@ CUES: dict[str, list[str]] = {
         r"statutes?", r"case law", r"(whole|entire|full) (\w+ )?(code|curriculum|regulations?)",
         r"research papers?", r"all (our|the) (\w+ )?(manuals|guidelines|papers|documents)",
         r"codebase", r"literature", r"body of (knowledge|work)", r"whole archive",
-        r"like a (senior|seasoned|experienced)", r"domain expert"],
+        r"domain expert"],
     "one-line-instruction": [
         r"always (say|greet|sign|end|start|mention|include|add|use|reply|respond|answer)",
         r"never (mention|say|discuss|recommend|use|give|reveal|share)", r"do not (mention|"
@@ -164,11 +167,14 @@ CUES: dict[str, list[str]] = {
 HINT_CHANGES = ("hourly", "daily", "weekly", "rarely", "never")
 HINT_KINDS = ("fact", "style", "format", "vocabulary", "task", "policy")
 _EXAMPLES = re.compile(
-    r"(\d[\d,]*|a dozen|dozens|a few|a handful|hundreds|thousands)\s+(?:of\s+)?(?:[\w-]+\s+){0,2}"
+    r"(\d[\d,]*k?|a dozen|dozens|a few|a handful|hundreds|thousands|one|two|three|four|five|six|"
+    r"seven|eight|nine|ten|eleven|twelve|fifteen|twenty)\s+(?:of\s+)?(?:[\w-]+\s+){0,2}"
     r"(examples|samples|transcripts|conversations|chats|emails|replies|answers|tickets|pairs|"
     r"reviews|notes|dialogues|calls)\b", re.I)
 _WORDS = {"a dozen": 12, "dozens": 36, "a few": 5, "a handful": 5, "hundreds": 300,
-          "thousands": 3000}
+          "thousands": 3000, **{w: i for i, w in enumerate(
+              "zero one two three four five six seven eight nine ten eleven twelve thirteen "
+              "fourteen fifteen sixteen seventeen eighteen nineteen twenty".split())}}
 
 
 @dataclass
@@ -280,13 +286,51 @@ def cues(text: str, rules: dict[str, list[str]] = CUES) -> list[dict[str, str]]:
     return found
 
 
+_NEGATIVE_START = re.compile(r"^\s*(never|don'?t|do not|avoid|no|stop|refrain from)\b", re.I)
+_IMPERATIVE_START = re.compile(
+    r"^\s*(always|be|use|wrap|say|greet|mention|remind|refuse|keep|sign|end|start|reply|"
+    r"respond|write|include|add|ask|address|state|format|put|call|tell the user|prefer|limit|"
+    r"answer in|speak in)\b", re.I)
+_RICH_DATA = re.compile(
+    r"\b(to learn from|plenty of|(large|huge|big) (archive|backlog|history|set|collection) of "
+    r"(past |sent |old )?(examples|emails|letters|replies|answers|conversations|transcripts|"
+    r"chats|messages))\b", re.I)
+_STRONG_FORMAT = re.compile(r"\b(json|schema|yaml|xml|sql|csv)\b", re.I)
+
+
+def structural_cues(text: str, found: list[dict[str, str]], examples: int | None
+                    ) -> list[dict[str, str]]:
+    """Cues from the statement's shape: a short instruction or a prohibition (PROMPT), and a
+    statement that says plenty of examples exist (FINE_TUNE)."""
+    rules = {c["rule"] for c in found}
+    out = []
+    words = len(text.split())
+    if examples is not None and examples >= STYLE_EXAMPLES or _RICH_DATA.search(text):
+        m = _RICH_DATA.search(text)
+        out.append({"rule": "enough-examples", "shape": True,
+                    "match": m.group(0) if m else f"{examples} examples mentioned"})
+    elif _NEGATIVE_START.search(text) and words <= 16 and "must-cite" not in rules:
+        out.append({"rule": "one-line-instruction", "shape": True,
+                    "match": f"a prohibition ({_NEGATIVE_START.search(text).group(1)!r})"})
+    elif (words <= 12 and not rules & {"changing-facts", "must-cite", "deep-expertise"}
+          and not _STRONG_FORMAT.search(text)
+          and (_IMPERATIVE_START.search(text) or words <= 6)):
+        out.append({"rule": "one-line-instruction", "shape": True,
+                    "match": f"a short instruction ({words} words)"})
+    return out
+
+
 def mentioned_examples(text: str) -> int | None:
     """How many examples the text says exist ("we have 800 past transcripts" -> 800)."""
     counts = []
     for m in _EXAMPLES.finditer(text):
         raw = m.group(1).lower()
-        counts.append(_WORDS[raw] if raw in _WORDS else int(raw.replace(",", "")))
-    if re.search(r"\bno (examples|samples|transcripts)\b", text, re.I):
+        if raw in _WORDS:
+            counts.append(_WORDS[raw])
+        else:
+            digits = raw.replace(",", "")
+            counts.append(int(digits[:-1]) * 1000 if digits.endswith("k") else int(digits))
+    if re.search(r"\bno (example|sample)s?( \w+)?\b|\bno (transcripts|past \w+)\b", text, re.I):
         counts.append(0)
     return max(counts) if counts else None
 
@@ -328,8 +372,8 @@ class Router:
     def _cue_scores(found: list[dict[str, str]], examples: int | None) -> dict[str, float]:
         rules = {c["rule"] for c in found}
         s = dict.fromkeys(DECISIONS, 0.0)
-        for r in rules:
-            s[RULES[r][0]] += 1.0
+        for c in found:  # a statement's shape (a short instruction, "to learn from") weighs double
+            s[RULES[c["rule"]][0]] += 2.0 if c.get("shape") else 1.0
         fact = rules & {"changing-facts", "must-cite"}
         behaviour = rules & {"voice-tone", "output-format", "vocabulary"}
         if fact and behaviour:  # facts and a trained voice/format in one requirement
@@ -353,6 +397,11 @@ class Router:
                 near: list[dict[str, Any]]) -> Decision:
         found = cues(req.text)
         examples = req.examples if req.examples is not None else mentioned_examples(req.text)
+        seen = {f["rule"] for f in found}
+        for c in structural_cues(req.text, found, examples):
+            if c["rule"] in seen:  # the shape strengthens a cue that fired already
+                found = [f for f in found if f["rule"] != c["rule"]]
+            found.append(c)
         cue_s = self._cue_scores(found, examples)
         w = self.cue_weight if found else 0.0
         scores = {d: (1 - w) * votes[d] + w * cue_s[d] for d in DECISIONS}

@@ -329,3 +329,43 @@ def test_train_an_adapter_through_the_api_and_serve_it(served, tmp_path):
     out = client.chat.completions.create(model="api-voice", max_tokens=4,
                                          messages=[{"role": "user", "content": "hi"}])
     assert out.model_extra["ragtune"]["adapter"] == "api-voice@v1"
+
+
+def test_route_endpoint_returns_the_decisions(served):
+    r = httpx.post(served.url + "/v1/route", timeout=120, json={"requirements": [
+        "Tell customers how many units are in stock today.",
+        {"text": "Answer in our brand voice.", "kind": "style"}], "plan": True})
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert [d["decision"] for d in data] == ["RAG", "FINE_TUNE"]
+    assert all(d["reasons"] and d["nearest"] for d in data)
+    assert r.json()["plan"]["collections"] and r.json()["plan"]["adapters"]
+    bad = httpx.post(served.url + "/v1/route", json={"requirements": [{"kind": "style"}]})
+    assert bad.status_code == 422
+
+
+def test_model_auto_serves_with_the_applied_plan(served, client):
+    from ragtune.platform.plan import write_json
+
+    plan_file = served.settings.home / "plan.json"
+    with pytest.raises(openai.NotFoundError, match="no applied plan"):
+        client.chat.completions.create(model="auto", max_tokens=4,
+                                       messages=[{"role": "user", "content": QUESTION}])
+    write_json(plan_file, {
+        "version": 1, "name": "t", "decisions": [], "system_prompt": ["Greet the customer."],
+        "collections": [{"name": "docs", "search_mode": "hybrid"}],
+        "adapters": [{"name": "voice", "rules": ["voice-tone"], "requirements": []}],
+        "applied": {"collections": {"docs": {"generation": 1}}, "adapters": {"voice": "voice@v1"}}})
+    try:
+        r = client.chat.completions.create(model="auto", max_tokens=4,
+                                           messages=[{"role": "user", "content": QUESTION}])
+        auto = r.model_extra["ragtune"]["auto"]
+        assert auto["adapter"] == "voice@v1" and auto["retrieve"] is True
+        assert auto["collection"] == "docs" and auto["why"] and auto["query"]["nearest"]
+        assert r.model_extra["citations"]
+        r = client.chat.completions.create(model="auto", max_tokens=4,
+                                           messages=[{"role": "user", "content": "thanks, bye!"}])
+        auto = r.model_extra["ragtune"]["auto"]
+        assert auto["retrieve"] is False and r.model_extra["citations"] == []
+    finally:
+        plan_file.unlink()
