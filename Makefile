@@ -49,6 +49,7 @@ bench: install
 	$(VENV)/bin/ragtune models import
 	$(PY) bench/train.py
 	$(PY) bench/serve.py
+	$(PY) bench/route.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -91,8 +91,19 @@ def main() -> None:
     cue_router = Router(embed, protos, cue_weight=1.0)
     cues_only = [d.decision for d in cue_router.route(texts)]
 
+    # the query-level classifier (model "auto"): leave-one-out over its labelled questions
+    from ragtune.platform.router import QueryRouter
+
+    queries = load_labelled(DATA / "queries.yaml")
+    q_hits = 0
+    for i, (q, lab) in enumerate(queries):
+        qr = QueryRouter(embed, queries[:i] + queries[i + 1:])
+        q_hits += (qr.needs_facts(q)["retrieve"]) == (lab == "facts")
+    q_acc = q_hits / len(queries)
+
     result = {
-        "statements": len(data), "prototypes": len(protos),
+        "statements": len(data),
+        "query_router_loo_accuracy": q_acc, "queries": len(queries), "prototypes": len(protos),
         "labels": {lab: gold.count(lab) for lab in sorted(set(gold))},
         "embedder": "all-MiniLM-L6-v2",
         "accuracy": {"held_out": accuracy(gold, held), "cross_validated_5fold": accuracy(gold, cv),
@@ -116,6 +127,8 @@ def main() -> None:
           f"| ablation: nearest prototypes only | {a['ablation_knn_only']:.3f} |",
           f"| ablation: cues weighted fully (kNN breaks ties) | "
           f"{a['ablation_cues_weighted_fully']:.3f} |",
+          f"| query router (retrieve or not), leave-one-out over {len(queries)} questions | "
+          f"{q_acc:.3f} |",
           "", "Confusion matrix, held-out:", ""] + table(result["confusion_held_out"]) + [
           "", "Confusion matrix, 5-fold cross-validation:", ""] + table(
           result["confusion_cross_validated"])

@@ -151,3 +151,49 @@ def test_route_cli_reports_a_bad_file(tmp_path):
     bad.write_text("- text: ok\n- kind: style\n")
     r = CliRunner().invoke(app, ["route", str(bad)])
     assert r.exit_code != 0 and "item 2 has no `text`" in str(r.exception or r.output)
+
+
+def test_plan_apply_builds_the_collection_and_the_adapter(tiny_settings, tiny_lm_dir, corpus,
+                                                          tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from ragtune.ingest.collection import Collection
+    from ragtune.platform.plan import applied_plan
+    from ragtune.train import registry
+
+    monkeypatch.setenv("RAGTUNE_GENERATOR", str(tiny_lm_dir))
+    reqs = tmp_path / "shop.yaml"
+    reqs.write_text(
+        "- text: Prices and stock change every day.\n  changes: daily\n  sources: [docs]\n"
+        "- text: Answer as JSON in our support voice.\n  kind: format\n  examples: 200\n"
+        "- Greet the customer by name.\n")
+    r = CliRunner().invoke(app, ["route", str(reqs)])
+    assert r.exit_code == 0, r.output
+    data = tmp_path / "ex.jsonl"
+    subprocess.run([sys.executable, str(REPO / "samples" / "support_dataset.py"), str(data),
+                    "--n", "16"], check=True, capture_output=True)
+    r = CliRunner().invoke(app, ["plan", "apply", str(tmp_path / "shop.plan.json"), "--examples",
+                                 str(data), "--max-steps", "1", "--eval-prompts", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    built = json.loads(r.stdout[r.stdout.index("{"):])
+    assert built["collections"]["shop-docs"]["documents"] == 4
+    assert built["adapters"] == {"shop-voice": "shop-voice@v1"}
+    assert Collection.open("shop-docs", create=False).info()["chunks"] > 0
+    assert registry.resolve(tiny_settings, "shop-voice").name == "v1"
+    applied = applied_plan(tiny_settings.home)
+    assert applied["system_prompt"] == ["Greet the customer by name."]
+    assert applied["applied"]["adapters"]["shop-voice"] == "shop-voice@v1"
+
+
+def test_plan_apply_without_sources_or_examples_says_what_is_missing(tiny_settings, tmp_path):
+    from ragtune.platform.plan import write_json
+
+    plan = {"version": 1, "name": "x", "decisions": [], "system_prompt": [], "collect": [],
+            "collections": [{"name": "x-docs", "sources": []}],
+            "adapters": [{"name": "x-voice", "examples_needed": 100, "examples_file": None}]}
+    write_json(tmp_path / "p.json", plan)
+    r = CliRunner().invoke(app, ["plan", "apply", str(tmp_path / "p.json")])
+    assert r.exit_code != 0
+    assert "--docs" in str(r.exception) and "--examples" in str(r.exception)
+    assert not (tiny_settings.home / "plan.json").exists()
