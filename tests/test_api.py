@@ -344,6 +344,23 @@ def test_route_endpoint_returns_the_decisions(served):
     assert bad.status_code == 422
 
 
+def test_route_endpoint_on_the_demo_requirements_matches_the_cli(served, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from ragtune.cli import app
+    from tests.conftest import REPO
+
+    path = REPO / "samples" / "acme-requirements.yaml"
+    items = yaml.safe_load(path.read_text())
+    http = httpx.post(served.url + "/v1/route", json={"requirements": items}, timeout=120).json()
+    copy = tmp_path / "acme.yaml"
+    copy.write_text(path.read_text())
+    cli = json.loads(CliRunner().invoke(app, ["route", str(copy), "--json"]).stdout)
+    assert [d["decision"] for d in http["data"]] == [d["decision"] for d in cli]
+    assert [d["text"] for d in http["data"]] == [d["text"] for d in cli]
+
+
 def test_model_auto_serves_with_the_applied_plan(served, client):
     from ragtune.platform.plan import write_json
 

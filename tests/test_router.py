@@ -197,3 +197,32 @@ def test_plan_apply_without_sources_or_examples_says_what_is_missing(tiny_settin
     assert r.exit_code != 0
     assert "--docs" in str(r.exception) and "--examples" in str(r.exception)
     assert not (tiny_settings.home / "plan.json").exists()
+
+
+def test_demo_requirements_route_plan_apply_end_to_end(home, tiny_lm_dir, tmp_path, monkeypatch):
+    """The demo's requirements: route (real embedder), then plan apply (tiny generator, one
+    training step) builds the collection from samples/acme and the adapter."""
+    import subprocess
+    import sys
+
+    from ragtune.platform.plan import applied_plan
+    from ragtune.platform.settings import get_settings
+
+    monkeypatch.setenv("RAGTUNE_GENERATOR", str(tiny_lm_dir))
+    reqs = tmp_path / "acme-requirements.yaml"
+    reqs.write_text((REPO / "samples" / "acme-requirements.yaml").read_text().replace(
+        "sources: [acme]", f"sources: [{REPO / 'samples' / 'acme'}]"))
+    assert CliRunner().invoke(app, ["route", str(reqs)]).exit_code == 0
+    data = tmp_path / "ex.jsonl"
+    subprocess.run([sys.executable, str(REPO / "samples" / "support_dataset.py"), str(data),
+                    "--n", "16"], check=True, capture_output=True)
+    r = CliRunner().invoke(app, ["plan", "apply", str(tmp_path / "acme-requirements.plan.json"),
+                                 "--examples", str(data), "--max-steps", "1",
+                                 "--eval-prompts", "2"])
+    assert r.exit_code == 0, r.output
+    assert "collection acme-requirements-docs: generation 1, 6 document(s)" in r.stdout
+    assert "adapter acme-requirements-voice: acme-requirements-voice@v1" in r.stdout
+    applied = applied_plan(get_settings().home)
+    assert applied["system_prompt"] == ["Greet the customer by their first name when we know it.",
+                                        "Answer in the language the customer writes in."]
+    assert applied["adapters"][0]["with_context"] == "acme-requirements-docs"  # R8 is HYBRID
