@@ -374,6 +374,7 @@ def test_model_auto_serves_with_the_applied_plan(served, client):
         "adapters": [{"name": "voice", "rules": ["voice-tone"], "requirements": []}],
         "applied": {"collections": {"docs": {"generation": 1}}, "adapters": {"voice": "voice@v1"}}})
     try:
+        assert "auto" in [m.id for m in client.models.list().data]
         r = client.chat.completions.create(model="auto", max_tokens=4,
                                            messages=[{"role": "user", "content": QUESTION}])
         auto = r.model_extra["ragtune"]["auto"]
