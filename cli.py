@@ -262,8 +262,7 @@ def ask(
 def _embed_fn(settings):  # noqa: ANN001, ANN202
     from ragtune.ingest.embedder import Embedder
 
-    return Embedder(settings.embedder, settings.embed_backend, settings.embed_batch_size,
-                    cache_dir=settings.models_dir / "onnx").encode
+    return Embedder.from_settings(settings).encode
 
 
 @app.command()
@@ -275,7 +274,8 @@ def route(
 ) -> None:
     """Route each requirement to RAG, FINE_TUNE, HYBRID or PROMPT, with the reasons; write the
     plan (collections, adapters, prompt lines) for `ragtune plan apply`."""
-    from ragtune.platform.plan import make_plan, write_json
+    from ragtune.platform.files import write_json
+    from ragtune.platform.plan import make_plan
     from ragtune.platform.router import Router, load_requirements
 
     reqs = load_requirements(requirements)

@@ -155,9 +155,7 @@ class Collection:
         if self._embedder is None:
             from ragtune.ingest.embedder import Embedder
 
-            s = self.settings
-            self._embedder = Embedder(s.embedder, s.embed_backend, s.embed_batch_size,
-                                      cache_dir=s.models_dir / "onnx")
+            self._embedder = Embedder.from_settings(self.settings)
         return self._embedder
 
     @property

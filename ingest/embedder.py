@@ -60,6 +60,12 @@ class Embedder:
         elif backend != "torch":
             raise RagtuneError(f"embed backend {backend!r} is unknown: use 'torch' or 'onnx-int8'")
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> Embedder:
+        """The embedder `settings` name, with its backend, batch size and ONNX cache."""
+        return cls(settings.embedder, settings.embed_backend, settings.embed_batch_size,
+                   cache_dir=settings.models_dir / "onnx")
+
     @property
     def identity(self) -> dict[str, Any]:
         """What a collection records, and refuses to mix: name and dimension."""

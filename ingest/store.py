@@ -18,7 +18,6 @@ write. The previous generation's file is kept, so a reader still loading it is n
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 import uuid
@@ -34,6 +33,7 @@ from filelock import FileLock, Timeout
 
 from ragtune.ingest import faiss_index
 from ragtune.platform.errors import RagtuneError
+from ragtune.platform.files import write_json
 
 SCHEMA_VERSION = 1
 
@@ -234,12 +234,7 @@ class Store:
             db.execute("COMMIT")
         finally:
             db.close()
-        tmp = self.manifest_path.with_name(f".manifest.json.tmp-{os.getpid()}")
-        with open(tmp, "w") as fh:
-            json.dump(manifest, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.manifest_path)
+        write_json(self.manifest_path, manifest)
 
 
 class Writer:

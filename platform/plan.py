@@ -6,7 +6,6 @@ is what `model: "auto"` serves with."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -63,17 +62,6 @@ def make_plan(decisions: Sequence[Decision], name: str = "assistant") -> dict[st
             plan["collect"].append({"requirement": d.id, "what": "100+ example conversations "
                                     "with ideal answers (JSONL) for the adapter"})
     return plan
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Atomically: a temp file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_plan(path: Path) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import threading
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.platform.errors import AuthError, ForbiddenError, RagtuneError
+from ragtune.platform.files import write_json
 
 SCOPES = ("query", "ingest", "train", "admin")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -98,14 +98,7 @@ class Keys:
             return self._rows
 
     def _save(self, rows: list[dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"keys": rows}, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_json(self.path, {"keys": rows}, mode=0o600)
 
     def empty(self) -> bool:
         return not self._load()

@@ -5,7 +5,6 @@ stopped is marked failed, not left "running")."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import threading
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.platform.errors import NotFoundError
+from ragtune.platform.files import write_json
 
 
 class Jobs:
@@ -35,9 +35,7 @@ class Jobs:
 
     def _write(self, rec: dict[str, Any]) -> None:
         with self._lock:
-            tmp = self._path(rec["id"]).with_suffix(".tmp")
-            tmp.write_text(json.dumps(rec, indent=2, default=str))
-            os.replace(tmp, self._path(rec["id"]))
+            write_json(self._path(rec["id"]), rec)
 
     def get(self, job_id: str) -> dict[str, Any]:
         path = self._path(job_id)

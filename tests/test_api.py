@@ -362,7 +362,7 @@ def test_route_endpoint_on_the_demo_requirements_matches_the_cli(served, tmp_pat
 
 
 def test_model_auto_serves_with_the_applied_plan(served, client):
-    from ragtune.platform.plan import write_json
+    from ragtune.platform.files import write_json
 
     plan_file = served.settings.home / "plan.json"
     with pytest.raises(openai.NotFoundError, match="no applied plan"):

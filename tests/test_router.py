@@ -187,7 +187,7 @@ def test_plan_apply_builds_the_collection_and_the_adapter(tiny_settings, tiny_lm
 
 
 def test_plan_apply_without_sources_or_examples_says_what_is_missing(tiny_settings, tmp_path):
-    from ragtune.platform.plan import write_json
+    from ragtune.platform.files import write_json
 
     plan = {"version": 1, "name": "x", "decisions": [], "system_prompt": [], "collect": [],
             "collections": [{"name": "x-docs", "sources": []}],

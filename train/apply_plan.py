@@ -9,7 +9,8 @@ from typing import Any
 
 from ragtune.ingest.collection import Collection
 from ragtune.platform.errors import RagtuneError
-from ragtune.platform.plan import APPLIED, read_plan, write_json
+from ragtune.platform.files import write_json
+from ragtune.platform.plan import APPLIED, read_plan
 from ragtune.platform.settings import Settings
 from ragtune.train import registry
 from ragtune.train.lora import TrainConfig

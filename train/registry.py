@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.platform.errors import NotFoundError, RagtuneError
+from ragtune.platform.files import write_json
 from ragtune.platform.settings import Settings
 
 META = "ragtune_adapter.json"
@@ -60,9 +61,7 @@ def _aliases(folder: Path) -> dict[str, str]:
 
 
 def _write_aliases(folder: Path, aliases: dict[str, str]) -> None:
-    tmp = folder / f".aliases.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(aliases, indent=2))
-    os.replace(tmp, folder / "aliases.json")
+    write_json(folder / "aliases.json", aliases)
 
 
 def register(settings: Settings, name: str, adapter_dir: Path, meta: dict[str, Any],
