@@ -217,7 +217,8 @@ def _docx(data: bytes) -> list[Section]:
 def _pick_field(row: dict[str, Any], text_field: str | None, where: str) -> str:
     if text_field:
         if text_field not in row:
-            raise SkipFile(f"{where} has no field {text_field!r} (fields: {sorted(row)})")
+            raise SkipFile(f"{where} has no field {text_field!r} named by --text-field "
+                           f"(fields: {sorted(row)}): name one of them")
         return text_field
     for f in TEXT_FIELDS:
         if f in row:
@@ -229,13 +230,25 @@ def _pick_field(row: dict[str, Any], text_field: str | None, where: str) -> str:
 
 
 def _rows_to_sections(rows: Iterator[tuple[int, dict[str, Any]]], text_field: str | None,
-                      unit: str) -> list[Section]:
+                      unit: str, table: bool = False) -> list[Section]:
+    """One section per row. The other scalar fields become metadata (for `--where`). In a
+    table (`table=True`, CSV) they are also written under the text as `key: value` lines, since
+    a price or stock column is content the model must read; a table with no text column is
+    rendered whole."""
     out = []
     for n, row in rows:
-        f = _pick_field(row, text_field, f"{unit} {n}")
-        meta = {k: v for k, v in row.items() if k != f and isinstance(v, str | int | float | bool)}
+        if table and not text_field and not any(f in row for f in TEXT_FIELDS):
+            f = None
+        else:
+            f = _pick_field(row, text_field, f"{unit} {n}")
+        meta = {k: v for k, v in row.items()
+                if k != f and k is not None and isinstance(v, str | int | float | bool)}
+        text = str(row[f] or "") if f else ""
+        if table:
+            lines = [f"{k}: {v}" for k, v in meta.items() if str(v).strip()]
+            text = "\n".join([text.strip(), *lines] if text.strip() else lines)
         meta["row"] = n
-        out.append(Section(str(row[f] or ""), meta))
+        out.append(Section(text, meta))
     return out
 
 
@@ -261,7 +274,7 @@ def _csv(text: str, text_field: str | None) -> list[Section]:
         rows = [(n, r) for n, r in enumerate(reader, 2)]
     except csv.Error as e:
         raise SkipFile(f"malformed CSV: {e}") from e
-    return _rows_to_sections(iter(rows), text_field, "row")
+    return _rows_to_sections(iter(rows), text_field, "row", table=True)
 
 
 def check_paths_exist(paths: list[str | Path]) -> None:

@@ -84,15 +84,23 @@ def test_jsonl_text_field_and_metadata(tmp_path):
 
 
 def test_csv_default_text_field(corpus):
+    """The other columns are metadata (for --where) and also content the model reads."""
     doc = load(corpus / "products.csv", MB)
-    assert doc.sections[0].text == "Blue widget with a steel frame"
+    assert doc.sections[0].text == "Blue widget with a steel frame\nsku: W-1\nprice: 9.99"
     assert doc.sections[0].metadata == {"sku": "W-1", "price": "9.99", "row": 2}
 
 
-def test_csv_missing_text_field_names_fix(tmp_path):
+def test_csv_without_text_column_is_rendered_whole(tmp_path):
+    (tmp_path / "stock.csv").write_text("sku,stock,note\nW-9,12,\n")
+    doc = load(tmp_path / "stock.csv", MB)
+    assert doc.sections[0].text == "sku: W-9\nstock: 12"
+    assert doc.sections[0].metadata["stock"] == "12"
+
+
+def test_csv_named_text_field_missing_names_fix(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     with pytest.raises(SkipFile, match="--text-field"):
-        load(tmp_path / "x.csv", MB)
+        load(tmp_path / "x.csv", MB, text_field="body")
 
 
 @pytest.mark.parametrize("name,data,reason", [
