@@ -259,6 +259,61 @@ def ask(
                   if answer.invalid_citations else "") + ")", err=True)
 
 
+@app.command("eval")
+def eval_cmd(
+    qa: Annotated[Path, typer.Argument(help="QA set: JSONL with question, facts, format, "
+                                        "reference")],
+    adapter: Annotated[str | None, typer.Option(help="adapter for the adapter arms")] = None,
+    collection: Annotated[str | None, typer.Option("--collection", "-c",
+                                                   help="collection for the retrieval arms")
+                          ] = None,
+    arms: Annotated[list[str] | None, typer.Option(
+        "--arm", help="run only these arms (repeat): base, base+rag, adapter, adapter+rag, "
+        "adapter+rag+json")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", help="chunks to retrieve")] = 3,
+    max_tokens: Annotated[int, typer.Option(help="completion length per answer")] = 128,
+    concurrency: Annotated[int, typer.Option(help="answers generated together (batched)")] = 8,
+    system: Annotated[str | None, typer.Option(help="system prompt for every arm (default: the "
+                                                    "adapter's trained one)")] = None,
+    schema: Annotated[Path | None, typer.Option(help="JSON Schema for json items that name "
+                                                     "none")] = None,
+    limit: Annotated[int | None, typer.Option(help="only the first N questions")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder for eval.json, eval.png, eval.md "
+                                                  "(default RAGTUNE_HOME/evals/<qa>-<time>)")
+                   ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure what each lever adds: base, +retrieval, adapter, adapter+retrieval,
+    +constrained JSON, scored on fact recall, citation correctness, format validity, style
+    similarity and latency. Prints a table, writes JSON, markdown and a PNG chart."""
+    from ragtune.platform.qa_scores import load_qa
+    from ragtune.serve import qa_eval
+
+    settings = _settings()
+    items = load_qa(qa)[:limit] if limit else load_qa(qa)
+    chosen = qa_eval.pick_arms(arms, adapter, collection)
+    json_schema = qa_eval.load_schema(schema)
+    if collection:
+        from ragtune.ingest.collection import Collection
+
+        Collection.open(collection, settings, create=False)  # fail before loading the model
+    log = (lambda m: typer.echo(m, err=True)) if as_json else typer.echo
+    report = qa_eval.run_eval(settings, items, adapter, collection, chosen, k=k,
+                              max_tokens=max_tokens, concurrency=concurrency, system=system,
+                              schema=json_schema, log=log)
+    out = out or settings.home / "evals" / f"{qa.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    paths = qa_eval.write_report(report, out)
+    if as_json:
+        return _out({k_: v for k_, v in report.items() if k_ != "results"} |
+                    {"files": {k_: str(v) for k_, v in paths.items()}})
+    typer.echo("")
+    typer.echo(qa_eval.table(report))
+    typer.echo("")
+    for line in qa_eval.lever_lines(report):
+        typer.echo(f"- {line}")
+    typer.echo(f"\nwrote {paths['json']}, {paths['png']} and {paths['md']}")
+
+
 def _embed_fn(settings):  # noqa: ANN001, ANN202
     from ragtune.ingest.embedder import Embedder
 

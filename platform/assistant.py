@@ -72,9 +72,12 @@ class Assistant:
     def prepare(self, messages: Sequence[dict[str, str]], retriever: Retriever | None = None,
                 k: int = 5, mode: str = "dense", where: dict[str, str] | None = None,
                 collection: str | None = None, response_format: str = "text",
-                system: str | None = None) -> Prepared:
+                system: str | None = None, adapter: str | None = None) -> Prepared:
         """`system` (an adapter's trained system prompt) applies when neither the conversation
-        nor the assistant has one."""
+        nor the assistant has one. Below the relevance floor the base model's text answer is a
+        fixed "I don't know" without generating; a JSON answer, or an adapter's (it was trained on
+        this prompt format, and answers in its own format), is generated from an empty source
+        list that says no document matched."""
         conversation = [dict(m) for m in messages]
         system = self.system or system
         if retriever is None:
@@ -90,7 +93,7 @@ class Assistant:
                         generation=getattr(retriever, "generation", None))
         floor = self.settings.relevance_floor
         if best is None or best < floor:
-            if response_format not in JSON_FORMATS:  # a JSON answer still has to be JSON
+            if response_format not in JSON_FORMATS and adapter is None:
                 prep.refusal = (
                     "I don't know: nothing in the documents"
                     + (f" of collection {collection!r}" if collection else "")
@@ -160,7 +163,7 @@ class Assistant:
         params = params or GenParams(max_tokens=self.settings.max_tokens)
         ref = self.generator.resolve_model(model)
         prep = self.prepare(messages, retriever, k, mode, where, collection, params.response_format,
-                            ref.system)
+                            ref.system, ref.adapter)
         used = self.used(ref, params)
         flt = self.citation_filter(prep, params.response_format)
         if prep.refusal:

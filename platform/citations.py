@@ -63,11 +63,17 @@ def _words(text: str) -> set[str]:
 def attribute(answer: str, sources: list[str], min_overlap: float = 0.5) -> set[int]:
     """Sources (1-based) that an answer's sentences draw on, for answers written without markers:
     a sentence is attributed to the source sharing the largest share of its content words (at
-    least `min_overlap`, at least three words). Transparent and cheap; shown as `attributed`, not
-    as the model's own citation."""
+    least `min_overlap`, at least three words), and to the highest-ranked source holding a
+    figure it states (a number with a unit, or of two or more digits: "12 EUR", "30 days").
+    Transparent and cheap; shown as `attributed`, not as the model's own citation."""
     vocab = [_words(s) for s in sources]
+    figures = [{f for f, _ in _figures(s)} for s in sources]
     found: set[int] = set()
     for sentence in (s for part in _strings(answer) for s in re.split(r"(?<=[.!?\n])\s+", part)):
+        for fig, strong in _figures(sentence):  # a figure (price, count, duration) from a source
+            holders = [n for n, f in enumerate(figures) if fig in f]
+            if strong and holders:
+                found.add(holders[0] + 1)  # the highest-ranked source that holds it
         words = _words(sentence)
         if len(words) < 3:
             continue
@@ -76,6 +82,23 @@ def attribute(answer: str, sources: list[str], min_overlap: float = 0.5) -> set[
         if best is not None and shares[best] >= min_overlap:
             found.add(best + 1)
     return found
+
+
+_FIGURE = re.compile(r"(?<![\w.])(\d+(?:[.,:]\d+)*)(\s?(?:%|eur|euros?|usd|gbp|days?|weeks?|"
+                     r"months?|years?|hours?|minutes?|cm|mm|kg|g|m|km))?(?![\w])", re.I)
+
+
+def _figures(text: str) -> list[tuple[str, bool]]:
+    """Numbers in a text, with their unit when one follows: ("12 eur", True). A figure is
+    strong evidence of where an answer came from when it has a unit or at least two digits."""
+    out = []
+    for m in _FIGURE.finditer(text):
+        num, unit = m.group(1), (m.group(2) or "").strip().lower()
+        fig = f"{num} {unit}".strip()
+        out.append((fig, bool(unit) or sum(c.isdigit() for c in num) >= 2))
+        if unit:
+            out.append((num, sum(c.isdigit() for c in num) >= 2))
+    return out
 
 
 def _strings(answer: str) -> list[str]:

@@ -89,7 +89,7 @@ async def chat_completions(body: ChatRequest, request: Request,
     prep: Prepared = await run_in_threadpool(
         st.assistant.prepare, messages, retriever, rag.k if rag else 5,
         rag.mode if rag else "dense", rag.where if rag else None, collection,
-        params.response_format, system)
+        params.response_format, system, ref.adapter)
     used = st.assistant.used(ref, params)
     if auto is not None:
         used["auto"] = {k: auto[k] for k in ("adapter", "retrieve", "collection", "why", "query")}

@@ -110,6 +110,18 @@ def test_json_mode_below_the_floor_still_generates_constrained():
     assert "no relevant documents" in gen.messages[0]["content"]
 
 
+def test_an_adapter_below_the_floor_answers_in_its_own_format():
+    """An adapter was trained on the serving prompt: it gets the empty source list and answers
+    (in its format) rather than a fixed text refusal that would break that format."""
+    gen = FakeGenerator('{"answer": "The documents do not say."}')
+    answer = Assistant(gen, Settings(relevance_floor=0.5)).ask(
+        [{"role": "user", "content": "weather?"}], retriever=FakeRetriever([chunk(1, 0.1)]),
+        collection="docs", model="voice")
+    assert answer.text == '{"answer": "The documents do not say."}' and len(gen.submitted) == 1
+    assert "no relevant documents" in gen.messages[0]["content"]
+    assert answer.used["below_relevance_floor"]
+
+
 def test_hybrid_mode_uses_a_dense_probe_for_the_floor():
     r = FakeRetriever([chunk(1, 0.9)])
     Assistant(FakeGenerator(), Settings()).prepare([{"role": "user", "content": "q"}], r,
