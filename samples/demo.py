@@ -44,11 +44,14 @@ def step(n: int, title: str) -> None:
 def sh(*args: str) -> str:
     """Run a ragtune command, streaming its output (progress included); fail loudly."""
     print("$ ragtune " + " ".join(args), flush=True)
-    proc = subprocess.run([*RAGTUNE, *args], stdout=subprocess.PIPE, text=True)
-    print(proc.stdout, end="", flush=True)
-    if proc.returncode:
+    proc = subprocess.Popen([*RAGTUNE, *args], stdout=subprocess.PIPE, text=True, bufsize=1)
+    lines = []
+    for line in proc.stdout:  # echoed as it comes: progress stays visible
+        print(line, end="", flush=True)
+        lines.append(line)
+    if proc.wait():
         sys.exit(f"demo stopped: `ragtune {' '.join(args)}` failed (exit {proc.returncode})")
-    return proc.stdout
+    return "".join(lines)
 
 
 def free_port() -> int:
@@ -120,6 +123,7 @@ def main() -> None:
     home = Path(os.environ.get("RAGTUNE_HOME", ".ragtune")).resolve()
     os.environ["RAGTUNE_HOME"] = str(home)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")  # child output line by line, as it happens
     home.mkdir(parents=True, exist_ok=True)
 
     step(1, "the embedded models: SmolLM2-135M-Instruct (generator), all-MiniLM-L6-v2 (embedder)")
