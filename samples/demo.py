@@ -95,7 +95,10 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.log.close()
-        print(f"server stopped (exit {self.proc.returncode})", flush=True)
+        # uvicorn shuts down gracefully on SIGTERM, then re-raises it: -15 is the clean exit
+        clean = self.proc.returncode in (0, -signal.SIGTERM)
+        print(f"server stopped ({'clean shutdown' if clean else f'exit {self.proc.returncode}'})",
+              flush=True)
 
 
 def ask(client, question: str, model: str) -> dict:  # noqa: ANN001
@@ -119,6 +122,7 @@ def ask(client, question: str, model: str) -> dict:  # noqa: ANN001
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run: train and evaluate less")
+    ap.add_argument("--qa", type=Path, default=HERE / "acme-qa.jsonl", help="the QA set")
     args = ap.parse_args()
     home = Path(os.environ.get("RAGTUNE_HOME", ".ragtune")).resolve()
     os.environ["RAGTUNE_HOME"] = str(home)
@@ -133,7 +137,7 @@ def main() -> None:
     reqs = home / "demo" / "acme-requirements.yaml"
     reqs.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(HERE / "acme-requirements.yaml", reqs)
-    sh("route", str(reqs), "--plan")
+    sh("route", str(reqs))  # also writes the plan beside it: acme-requirements.plan.json
 
     step(3, "ingest Acme's knowledge base (Markdown, HTML, PDF, CSV, text)")
     kb = home / "demo" / "acme-kb"
@@ -178,7 +182,7 @@ def main() -> None:
               f"{'yes' if any('45 EUR' in s for s in sources) else 'no'}; no retraining")
 
         step(7, "evaluate: what each lever contributes, on Acme's QA set")
-        qa = HERE / "acme-qa.jsonl"
+        qa = args.qa
         out = home / "demo" / "eval"
         eval_args = ["eval", str(qa), "--adapter", "support-voice", "--collection", "acme",
                      "--schema", str(HERE / "acme-answer.schema.json"), "--out", str(out)]

@@ -34,7 +34,7 @@ def test_demo_quick_runs_every_step(home, real_generator):
     assert int(runs[0][0]) >= 28
     assert runs[1][:2] == ("0", "1") and int(runs[1][2]) == int(runs[0][0]) - 1
     assert "the retrieved pricing now reads 45 EUR: yes" in log
-    assert log.count("\nQ: ") == 4 and "server stopped (exit 0)" in log
+    assert log.count("\nQ: ") == 4 and "server stopped (clean shutdown)" in log
     for arm in ("| base |", "| base+rag |", "| adapter |", "| adapter+rag |",
                 "| adapter+rag+json |"):
         assert arm in log
