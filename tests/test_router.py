@@ -220,7 +220,7 @@ def test_demo_requirements_route_plan_apply_end_to_end(home, tiny_lm_dir, tmp_pa
                                  "--examples", str(data), "--max-steps", "1",
                                  "--eval-prompts", "2"])
     assert r.exit_code == 0, r.output
-    assert "collection acme-requirements-docs: generation 1, 6 document(s)" in r.stdout
+    assert "collection acme-requirements-docs: generation 1, 30 document(s)" in r.stdout
     assert "adapter acme-requirements-voice: acme-requirements-voice@v1" in r.stdout
     applied = applied_plan(get_settings().home)
     assert applied["system_prompt"] == ["Greet the customer by their first name when we know it.",
