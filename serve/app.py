@@ -81,7 +81,7 @@ class _TooLarge(Exception):
 
 def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") -> FastAPI:
     """The app for `settings`. `engine` defaults to the in-process transformers engine."""
-    from ragtune.serve import collections_api, openai_api, route_api
+    from ragtune.serve import collections_api, openai_api, route_api, ui_api
 
     if engine is None:
         from ragtune.serve.engine import Engine
@@ -111,6 +111,7 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
     app.include_router(openai_api.router)
     app.include_router(collections_api.router)
     app.include_router(route_api.router)
+    app.include_router(ui_api.router)  # the web page at /
 
     @app.exception_handler(RagtuneError)
     async def _ragtune_error(request: Request, exc: RagtuneError) -> JSONResponse:

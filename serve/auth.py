@@ -28,7 +28,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # Every endpoint's access rule, in one place (the app checks each route is listed).
 ACCESS = {
     "GET /healthz": None, "GET /readyz": None, "GET /docs": None, "GET /openapi.json": None,
-    "GET /": None, "GET /redoc": None,
+    "GET /": None, "GET /redoc": None, "GET /ui/app.js": None, "GET /ui/style.css": None,
     "GET /metrics": "admin",
     "GET /v1/models": "query", "POST /v1/chat/completions": "query",
     "POST /v1/embeddings": "query",
@@ -36,7 +36,7 @@ ACCESS = {
     "POST /v1/collections/{name}/search": "query",
     "POST /v1/collections/{name}/documents": "ingest",
     "DELETE /v1/collections/{name}/documents/{doc}": "ingest",
-    "GET /v1/adapters": "query", "POST /v1/adapters": "train",
+    "GET /v1/adapters": "query", "POST /v1/adapters": "train", "GET /v1/adapters/{name}": "query",
     "GET /v1/jobs/{job_id}": "query", "POST /v1/route": "query",
 }
 
