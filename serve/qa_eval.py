@@ -256,10 +256,12 @@ def chart(report: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
     width = 0.8 / max(1, len(arms))
     for i, arm in enumerate(arms):
-        vals = [report["summary"][arm][k] or 0.0 for k, _ in metrics]
+        raw = [report["summary"][arm][k] for k, _ in metrics]  # None: not applicable
+        vals = [v or 0.0 for v in raw]
         xs = [m + (i - (len(arms) - 1) / 2) * width for m in range(len(metrics))]
         bars = ax.bar(xs, vals, width, label=arm)
-        ax.bar_label(bars, labels=[f"{v:.2f}" for v in vals], fontsize=7, padding=1)
+        ax.bar_label(bars, labels=["n/a" if v is None else f"{v:.2f}" for v in raw], fontsize=7,
+                     padding=1)
     ax.set_xticks(range(len(metrics)), [label for _, label in metrics])
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("score (0-1)")
