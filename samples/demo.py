@@ -149,12 +149,16 @@ def main() -> None:
     step(4, "train the support-voice adapter: JSON answers in Acme's voice, trained on prompts "
             "with retrieved context (the HYBRID requirement)")
     data = home / "demo" / "support-voice.jsonl"
+    # 60% of the examples answer a question from a fact of the knowledge base (none of the QA
+    # set's facts): with the retrieved chunk in the prompt, the adapter learns to copy facts
+    # from context into the JSON answer, not only the voice
     subprocess.run([sys.executable, str(HERE / "support_dataset.py"), str(data),
-                    "--n", "120" if args.quick else "160"], check=True)
-    # 36 steps of 8 examples with the best chunk in each prompt: ~5 min on 2 cores, enough for
-    # 100% valid JSON in the voice (a longer run, or --context-k 3, buys little here)
+                    "--n", "120" if args.quick else "160", "--grounded-share", "0.6"], check=True)
+    # 36 steps of 8 examples with the best chunk in each prompt: ~6 min on 2 cores, enough for
+    # valid JSON in the voice. 10% (not 20%) of the supported examples teach "the documents do
+    # not say": with more, the 135M model refuses questions its context does answer.
     sh("train", str(data), "--name", "support-voice", "--with-context", "acme",
-       "--context-k", "1", "--max-seq-len", "512", "--lr", "4e-4",
+       "--context-k", "1", "--no-oracle-share", "0.1", "--max-seq-len", "512", "--lr", "4e-4",
        "--max-steps", "4" if args.quick else "36", "--eval-prompts", "4" if args.quick else "8")
 
     step(5, "serve: one OpenAI-compatible API, adapter + retrieved context, with citations")
