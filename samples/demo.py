@@ -34,6 +34,10 @@ QUESTIONS = [
     "Do you have the garden gadget in stock, and what does it cost?",
 ]
 PRICE_OLD, PRICE_NEW = "**Pro**: 39 EUR per month", "**Pro**: 45 EUR per month"
+# Chunks per prompt, the same in training (--context-k), serving and the evaluation: the 135M
+# model copies a figure from the one chunk it was trained to read, and mixes figures up when
+# given three (the top-1 chunk holds the answer for 80% of the QA set, the top 3 for all of it).
+K = 1
 T0 = time.time()
 
 
@@ -105,7 +109,7 @@ def ask(client, question: str, model: str) -> dict:  # noqa: ANN001
     t = time.time()
     resp = client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": question}], max_tokens=96,
-        extra_body={"rag": {"collection": "acme", "k": 3}})
+        extra_body={"rag": {"collection": "acme", "k": K}})
     extra = resp.model_extra or {}
     print(f"\nQ: {question}\nA: {resp.choices[0].message.content}")
     for c in extra.get("citations") or []:
@@ -158,7 +162,7 @@ def main() -> None:
     # valid JSON in the voice. 10% (not 20%) of the supported examples teach "the documents do
     # not say": with more, the 135M model refuses questions its context does answer.
     sh("train", str(data), "--name", "support-voice", "--with-context", "acme",
-       "--context-k", "1", "--no-oracle-share", "0.1", "--max-seq-len", "512", "--lr", "4e-4",
+       "--context-k", str(K), "--no-oracle-share", "0.1", "--max-seq-len", "512", "--lr", "4e-4",
        "--max-steps", "4" if args.quick else "36", "--eval-prompts", "4" if args.quick else "8")
 
     step(5, "serve: one OpenAI-compatible API, adapter + retrieved context, with citations")
@@ -181,14 +185,14 @@ def main() -> None:
         sources = [c["text"] for c in after["citations"] or []]
         print("\nbefore: " + before[0]["text"] + "\nafter:  " + after["text"])
         print(f"answer changed: {'yes' if after['text'] != before[0]['text'] else 'no'}; "
-              f"says 45 EUR: {'yes' if '45' in after['text'] else 'no'}; "
+              f"says 45 EUR: {'yes' if '45 EUR' in after['text'] else 'no'}; "
               f"the retrieved pricing now reads 45 EUR: "
               f"{'yes' if any('45 EUR' in s for s in sources) else 'no'}; no retraining")
 
         step(7, "evaluate: what each lever contributes, on Acme's QA set")
         qa = args.qa
         out = home / "demo" / "eval"
-        eval_args = ["eval", str(qa), "--adapter", "support-voice", "--collection", "acme",
+        eval_args = ["eval", str(qa), "--adapter", "support-voice", "--collection", "acme", "-k", str(K),
                      "--schema", str(HERE / "acme-answer.schema.json"), "--out", str(out)]
         if args.quick:
             eval_args += ["--limit", "8"]
