@@ -39,12 +39,13 @@ def pick(page: Page, select: str, wanted: str | None, prefer: str) -> str:
 
 
 def chat(page: Page, out: Path, question: str, model: str | None, collection: str | None,
-         max_tokens: int, timeout_s: float) -> None:
+         max_tokens: int, k: int, timeout_s: float) -> None:
     page.locator("#chat-model option").first.wait_for(state="attached")
     pick(page, "#chat-model", model, "o.value !== 'auto' && o.value.indexOf('@') < 0 && "
          "o.textContent.indexOf('(base model)') < 0")
     pick(page, "#chat-collection", collection, "o.value !== ''")
     page.fill("#chat-max-tokens", str(max_tokens))
+    page.fill("#chat-k", str(k))
     page.fill("#chat-input", question)
     page.click("#chat-send")
     page.locator(".turn.done, .turn.failed").wait_for(timeout=timeout_s * 1000)
@@ -90,6 +91,7 @@ def main() -> None:
     ap.add_argument("--model", help="model for the chat shot (default: the first adapter)")
     ap.add_argument("--collection", help="collection for the chat shot (default: the first)")
     ap.add_argument("--max-tokens", type=int, default=160)
+    ap.add_argument("-k", type=int, default=3, help="retrieved chunks for the chat shot")
     ap.add_argument("--timeout", type=float, default=300, help="seconds to wait for an answer")
     ap.add_argument("--chromium", default="/usr/bin/chromium", help="`make browser` installs it")
     args = ap.parse_args()
@@ -104,7 +106,7 @@ def main() -> None:
         page = context.new_page()
         page.goto(args.url.rstrip("/") + "/")
         chat(page, args.out, args.question, args.model, args.collection, args.max_tokens,
-             args.timeout)
+             args.k, args.timeout)
         collections(page, args.out)
         adapters(page, args.out)
         router(page, args.out, args.timeout)

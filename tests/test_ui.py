@@ -145,6 +145,7 @@ def test_chat_streams_the_answer_and_shows_citations(page):
     page.select_option("#chat-model", "voice")
     page.select_option("#chat-collection", "docs")
     page.fill("#chat-max-tokens", "10")
+    page.fill("#chat-k", "1")  # one retrieved chunk: the pricing one
     page.fill("#chat-input", QUESTION)
     page.click("#chat-send")
     turn = page.locator(".turn.done")
@@ -154,7 +155,7 @@ def test_chat_streams_the_answer_and_shows_citations(page):
     assert int(answer.get_attribute("data-chunks")) >= 2  # arrived in pieces, not at once
     assert "adapter voice@v1" in turn.locator(".meta").inner_text()
     pricing = turn.locator("details.citation", has_text="pricing.md")
-    assert pricing.count() == 1
+    assert pricing.count() == 1 and turn.locator("details.citation").count() == 1
     assert not pricing.locator(".cite-text").is_visible()
     pricing.locator("summary").click()
     assert pricing.locator(".cite-text").is_visible()

@@ -200,7 +200,8 @@ async function sendChat(ev) {
   };
   const maxTokens = parseInt($("#chat-max-tokens").value, 10);
   if (maxTokens > 0) body.max_tokens = maxTokens;
-  if (collection) body.rag = { collection };
+  const k = parseInt($("#chat-k").value, 10);
+  if (collection) body.rag = k > 0 ? { collection, k } : { collection };
   if ($("#chat-json").checked) body.response_format = { type: "json_object" };
 
   const answer = el("div", { className: "answer", dataset: { chunks: "0" } });
