@@ -163,6 +163,30 @@ def test_chat_streams_the_answer_and_shows_citations(page):
     assert "score 0." in pricing.locator("summary").inner_text()
 
 
+def test_chat_with_model_auto_follows_the_applied_plan(page, served):
+    from ragtune.platform.files import write_json
+
+    plan_file = served.settings.home / "plan.json"
+    write_json(plan_file, {
+        "version": 1, "name": "t", "decisions": [], "system_prompt": [],
+        "collections": [{"name": "docs", "search_mode": "hybrid"}],
+        "adapters": [{"name": "voice", "rules": ["voice-tone"], "requirements": []}],
+        "applied": {"collections": {"docs": {"generation": 1}}, "adapters": {"voice": "voice@v1"}}})
+    try:
+        page.reload()
+        expect(page.locator("#chat-model option[value=auto]")).to_have_count(1)
+        page.select_option("#chat-model", "auto")
+        page.fill("#chat-max-tokens", "6")
+        page.fill("#chat-input", QUESTION)
+        page.click("#chat-send")
+        turn = page.locator(".turn.done")
+        turn.wait_for()
+        meta = turn.locator(".meta").inner_text()
+        assert "adapter voice@v1" in meta and "auto: " in meta, meta
+    finally:
+        plan_file.unlink()
+
+
 def test_json_mode_answer_is_pretty_printed(page):
     page.select_option("#chat-model", "voice")
     page.select_option("#chat-collection", "")
