@@ -10,7 +10,7 @@ from fastapi import Request
 
 from ragtune.platform.assistant import Assistant
 from ragtune.platform.settings import Settings
-from ragtune.serve.auth import Keys, Principal
+from ragtune.serve.auth import ACCESS, Keys, Principal
 
 
 @dataclass
@@ -86,6 +86,13 @@ def state(request: Request) -> ServerState:
 
 
 def principal(request: Request) -> Principal:
+    """The caller, held to the route's rule in `auth.ACCESS` before the request body is read or
+    validated: a key without the scope gets 403, whatever it sent."""
     st = state(request)
-    return st.keys.principal(request.headers.get("authorization"), st.open_allowed)
+    who = st.keys.principal(request.headers.get("authorization"), st.open_allowed)
+    route = request.scope.get("route")
+    rule = ACCESS.get(f"{request.method} {getattr(route, 'path', '')}")
+    if rule:
+        who.need(rule)
+    return who
 

@@ -1,0 +1,103 @@
+"""Every route x every kind of credential -> the expected status, on a real server with keys.
+
+Credentials: none, a wrong key, a query-only key limited to collection `docs`, a query key
+limited to another collection, an ingest-only key, and an admin key. A route the OpenAPI
+schema (or the app) has but this table lacks fails the test: a new endpoint needs its row.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from ragtune.serve.auth import ACCESS, Keys
+from tests.test_api import served  # noqa: F401  (the module's server: collection docs, adapter voice)
+
+CREDS = ("none", "wrong", "query", "other", "ingest", "admin")
+PUBLIC = dict.fromkeys(CREDS, 200)
+CHAT = {"model": "base", "max_tokens": 1, "messages": [{"role": "user", "content": "q"}],
+        "rag": {"collection": "docs"}}
+
+# route -> (request, expected status per credential); 404/422 mean "let in, then refused for
+# the request itself" (an unknown job, a missing document, no training data).
+MATRIX = {
+    "GET /healthz": (("GET", "/healthz", {}), PUBLIC),
+    "GET /readyz": (("GET", "/readyz", {}), PUBLIC),
+    "GET /docs": (("GET", "/docs", {}), PUBLIC),
+    "GET /redoc": (("GET", "/redoc", {}), PUBLIC),
+    "GET /openapi.json": (("GET", "/openapi.json", {}), PUBLIC),
+    "GET /": (("GET", "/", {}), PUBLIC),
+    "GET /ui/app.js": (("GET", "/ui/app.js", {}), PUBLIC),
+    "GET /ui/style.css": (("GET", "/ui/style.css", {}), PUBLIC),
+    "GET /metrics": (("GET", "/metrics", {}),
+                     dict(none=401, wrong=401, query=403, other=403, ingest=403, admin=200)),
+    "GET /v1/models": (("GET", "/v1/models", {}),
+                       dict(none=401, wrong=401, query=200, other=200, ingest=403, admin=200)),
+    "POST /v1/chat/completions": (
+        ("POST", "/v1/chat/completions", {"json": CHAT}),
+        dict(none=401, wrong=401, query=200, other=403, ingest=403, admin=200)),
+    "POST /v1/embeddings": (
+        ("POST", "/v1/embeddings", {"json": {"model": "all-MiniLM-L6-v2", "input": "hello"}}),
+        dict(none=401, wrong=401, query=200, other=200, ingest=403, admin=200)),
+    "GET /v1/collections": (("GET", "/v1/collections", {}),
+                            dict(none=401, wrong=401, query=200, other=200, ingest=403,
+                                 admin=200)),
+    "GET /v1/collections/{name}": (
+        ("GET", "/v1/collections/docs", {}),
+        dict(none=401, wrong=401, query=200, other=403, ingest=403, admin=200)),
+    "POST /v1/collections/{name}/search": (
+        ("POST", "/v1/collections/docs/search", {"json": {"query": "price", "k": 1}}),
+        dict(none=401, wrong=401, query=200, other=403, ingest=403, admin=200)),
+    "POST /v1/collections/{name}/documents": (
+        ("POST", "/v1/collections/docs/documents", {"files": {"files": ("m.txt", b"matrix")}}),
+        dict(none=401, wrong=401, query=403, other=403, ingest=202, admin=202)),
+    "DELETE /v1/collections/{name}/documents/{doc}": (
+        ("DELETE", "/v1/collections/docs/documents/no-such-doc", {}),
+        dict(none=401, wrong=401, query=403, other=403, ingest=404, admin=404)),
+    "GET /v1/adapters": (("GET", "/v1/adapters", {}),
+                         dict(none=401, wrong=401, query=200, other=200, ingest=403, admin=200)),
+    "GET /v1/adapters/{name}": (
+        ("GET", "/v1/adapters/voice", {}),
+        dict(none=401, wrong=401, query=200, other=200, ingest=403, admin=200)),
+    "POST /v1/adapters": (
+        ("POST", "/v1/adapters", {"data": {"name": "m"}}),
+        dict(none=401, wrong=401, query=403, other=403, ingest=403, admin=422)),
+    "GET /v1/jobs/{job_id}": (("GET", "/v1/jobs/job-missing", {}),
+                              dict(none=401, wrong=401, query=404, other=404, ingest=403,
+                                   admin=404)),
+    "POST /v1/route": (("POST", "/v1/route", {"json": {"requirements": ["Prices change daily"]}}),
+                       dict(none=401, wrong=401, query=200, other=200, ingest=403, admin=200)),
+}
+
+
+@pytest.fixture(scope="module")
+def keys(served):  # noqa: F811
+    store = Keys(served.settings.keys_file)
+    made = {
+        "query": store.create(["query"], collections=["docs"])[0],
+        "other": store.create(["query"], collections=["other"])[0],
+        "ingest": store.create(["ingest"])[0],
+        "admin": store.create(["admin"])[0],
+        "wrong": "rt-not-a-key",
+    }
+    yield made
+    served.settings.keys_file.unlink()
+
+
+def test_the_table_covers_every_route(served):  # noqa: F811
+    schema = httpx.get(served.url + "/openapi.json").json()
+    in_schema = {f"{m.upper()} {p}" for p, ops in schema["paths"].items() for m in ops}
+    assert in_schema - set(MATRIX) == set(), "routes in the OpenAPI schema without a matrix row"
+    assert set(ACCESS) - set(MATRIX) == set(), "access rules without a matrix row"
+    assert set(MATRIX) - set(ACCESS) == set(), "matrix rows for routes that do not exist"
+
+
+@pytest.mark.parametrize("route", list(MATRIX))
+def test_route_answers_each_credential_as_expected(route, served, keys):  # noqa: F811
+    (method, path, kwargs), expected = MATRIX[route]
+    got = {}
+    for cred in CREDS:
+        headers = {"Authorization": f"Bearer {keys[cred]}"} if cred != "none" else {}
+        got[cred] = httpx.request(method, served.url + path, headers=headers, timeout=120,
+                                  **kwargs).status_code
+    assert got == expected, route
