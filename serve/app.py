@@ -166,7 +166,7 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
     @app.get("/metrics", tags=["ops"])
     def prometheus(request: Request) -> Response:
         """Prometheus metrics (needs the admin scope when keys exist)."""
-        principal(request).need("admin")
+        principal(request)  # the ACCESS rule: admin
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     _check_access_table(app)

@@ -37,7 +37,6 @@ async def route(body: RouteRequest, request: Request,
     from ragtune.platform.plan import make_plan
 
     st = state(request)
-    who.need("query")
     items = [r if isinstance(r, str) else r.model_dump(exclude_none=True) for r in body.requirements]
     reqs = parse_requirements(items, "requirements")
     router_ = await run_in_threadpool(st.router)

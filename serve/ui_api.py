@@ -92,7 +92,6 @@ def show_adapter(name: str, request: Request,
     from ragtune.train import registry
 
     st = state(request)
-    who.need("query")
     who.need_adapter(name)
     wanted = registry.resolve(st.settings, name).name if "@" in name else None  # 404 if unknown
     bare = name.split("@")[0]
