@@ -52,3 +52,24 @@ class OverloadedError(RagtuneError):
 class GenerationTimeout(RagtuneError):
     status = 504
     kind = "timeout_error"
+
+
+class LockedError(RagtuneError):
+    """Another process holds a collection's write lock."""
+
+    status = 409
+    kind = "conflict_error"
+
+
+class DamagedError(RagtuneError):
+    """A file of a collection or adapter is damaged (truncated, corrupted, failing its checksum)."""
+
+    status = 500
+    kind = "server_error"
+
+
+class DiskFullError(RagtuneError):
+    """A write failed for lack of space (ENOSPC); what was stored before is unchanged."""
+
+    status = 507
+    kind = "server_error"
