@@ -25,7 +25,7 @@ from ragtune.ingest import faiss_index
 from ragtune.ingest.bm25 import BM25Index, reciprocal_rank_fusion
 from ragtune.ingest.loaders import Document, SkipFile, load, walk
 from ragtune.ingest.splitter import Chunk, SplitConfig, TokenSplitter
-from ragtune.ingest.store import Store
+from ragtune.ingest.store import IndexFileMissing, Store, sqlite_guard
 from ragtune.platform.errors import NotFoundError, RagtuneError
 from ragtune.platform.progress import progress
 from ragtune.platform.settings import Settings, get_settings
@@ -118,6 +118,8 @@ class Collection:
                 f"create it with `ragtune ingest PATH --collection {name}`"
             )
         col = cls(name, settings, Store.create_or_open(folder))
+        with sqlite_guard(col.store.db_path):
+            col.store.refresh_manifest()  # derived data: a crash or damage may have left it stale
         recorded = col.recorded_embedder
         if recorded:
             explicit = "embedder" in settings.model_fields_set
@@ -146,7 +148,8 @@ class Collection:
     def recorded_embedder(self) -> dict[str, Any] | None:
         db = self.store.connect()
         try:
-            return self.store.get_meta(db, "embedder")
+            with sqlite_guard(self.store.db_path):
+                return self.store.get_meta(db, "embedder")
         finally:
             db.close()
 
@@ -325,6 +328,33 @@ class Collection:
             self.store.write_manifest({})
         return self.info()
 
+    def repair(self) -> dict[str, Any]:
+        """Rebuild the vectors from the chunk texts in chunks.db (the source of truth) with the
+        collection's own embedder, as one new generation: the fix for a vectors file that is
+        missing, truncated or corrupted. Chunk ids, texts and documents are unchanged."""
+        with self.store.writer(self.settings.lock_timeout) as w:
+            recorded = w.meta_embedder
+            if not recorded:
+                raise RagtuneError(f"collection {self.name!r} is empty: nothing to repair")
+            rows = w.db.execute("SELECT id, text FROM chunks ORDER BY id").fetchall()
+            with progress(len(rows), "embed", unit="chunk") as bar:
+                vectors = self.embedder.encode([r[1] for r in rows], progress=bar)
+            if vectors.shape[1] != int(recorded["dim"]):
+                raise RagtuneError(
+                    f"the embedder gives {vectors.shape[1]}-d vectors; collection {self.name!r} "
+                    f"was built with {recorded['name']!r} ({recorded['dim']}-d): repair with that one")
+            ids = np.array([r[0] for r in rows], dtype=np.int64)
+            w.replace_index(faiss_index.new_index(w.kind, vectors.shape[1], vectors, ids))
+            w.commit({})
+            self.store.write_manifest({})
+        return self.info()
+
+    def check(self) -> Any:
+        """A `CheckReport`: is this collection whole and consistent on disk?"""
+        from ragtune.ingest.verify import check
+
+        return check(self.store)
+
     def drop(self) -> None:
         """Delete the collection and its files (waits for a running writer)."""
         self.close()
@@ -337,28 +367,32 @@ class Collection:
     def info(self, documents: bool = False) -> dict[str, Any]:
         db = self.store.connect()
         try:
-            db.execute("BEGIN")
-            out = {
-                "name": self.name,
-                "path": str(self.store.folder),
-                "generation": self.store.generation(db),
-                "embedder": self.store.get_meta(db, "embedder"),
-                "splitter": self.store.get_meta(db, "splitter"),
-                "index_type": self.store.get_meta(db, "index_type", "flat"),
-                "updated_at": self.store.get_meta(db, "updated_at"),
-                **self.store.counts(db),
-            }
-            if documents:
-                out["documents_list"] = [
-                    {"source": r[0], "chunks": r[1], "ingested_at": r[2], "sha256": r[3], "id": r[4]}
-                    for r in db.execute(
-                        "SELECT d.source, (SELECT COUNT(*) FROM chunks c WHERE c.doc_id=d.id), "
-                        "d.ingested_at, d.sha256, d.id FROM documents d ORDER BY d.source")
-                ]
-            db.execute("COMMIT")
-            return out
+            with sqlite_guard(self.store.db_path):
+                return self._info(db, documents)
         finally:
             db.close()
+
+    def _info(self, db: Any, documents: bool) -> dict[str, Any]:
+        db.execute("BEGIN")
+        out = {
+            "name": self.name,
+            "path": str(self.store.folder),
+            "generation": self.store.generation(db),
+            "embedder": self.store.get_meta(db, "embedder"),
+            "splitter": self.store.get_meta(db, "splitter"),
+            "index_type": self.store.get_meta(db, "index_type", "flat"),
+            "updated_at": self.store.get_meta(db, "updated_at"),
+            **self.store.counts(db),
+        }
+        if documents:
+            out["documents_list"] = [
+                {"source": r[0], "chunks": r[1], "ingested_at": r[2], "sha256": r[3], "id": r[4]}
+                for r in db.execute(
+                    "SELECT d.source, (SELECT COUNT(*) FROM chunks c WHERE c.doc_id=d.id), "
+                    "d.ingested_at, d.sha256, d.id FROM documents d ORDER BY d.source")
+            ]
+        db.execute("COMMIT")
+        return out
 
     # -- search -------------------------------------------------------------------------------
     def _refresh(self) -> None:
@@ -419,30 +453,41 @@ class Collection:
         if k < 1:
             raise RagtuneError(f"k must be at least 1 (got {k})")
         qvec = self.embedder.encode_query(query) if mode != "bm25" else None
-        with self._lock:
+        with self._lock, sqlite_guard(self.store.db_path):
             if self._db is None:
                 self._db = self.store.connect(shared=True)
-            self._db.execute("BEGIN")
-            try:
-                self._refresh()
-                allowed = self._allowed(where)
-                if allowed is not None and not len(allowed):
-                    return []
-                pool = k if mode != "hybrid" else max(4 * k, 20)
-                ranked: list[tuple[int, float]]
-                if mode == "dense":
-                    scores, ids = faiss_index.search(self._index, qvec, k, allowed, self._kind)
-                    ranked = list(zip(ids.tolist(), scores.tolist(), strict=True))
-                elif mode == "bm25":
-                    scores, ids = self._bm25_index().search(query, k, allowed)
-                    ranked = list(zip(ids.tolist(), scores.tolist(), strict=True))
-                else:
-                    _, dense_ids = faiss_index.search(self._index, qvec, pool, allowed, self._kind)
-                    _, lex_ids = self._bm25_index().search(query, pool, allowed)
-                    ranked = reciprocal_rank_fusion([dense_ids, lex_ids], k)
-                return self._rows(ranked)
-            finally:
-                self._db.execute("COMMIT")
+            for attempt in range(5):
+                try:
+                    return self._search(query, qvec, k, mode, where)
+                except IndexFileMissing:  # two commits since this snapshot removed its file
+                    if attempt == 4:
+                        raise
+        raise AssertionError("unreachable")
+
+    def _search(self, query: str, qvec: np.ndarray | None, k: int, mode: str,
+                where: dict[str, str] | None) -> list[ScoredChunk]:
+        """Under self._lock: one read transaction, one generation."""
+        self._db.execute("BEGIN")
+        try:
+            self._refresh()
+            allowed = self._allowed(where)
+            if allowed is not None and not len(allowed):
+                return []
+            pool = k if mode != "hybrid" else max(4 * k, 20)
+            ranked: list[tuple[int, float]]
+            if mode == "dense":
+                scores, ids = faiss_index.search(self._index, qvec, k, allowed, self._kind)
+                ranked = list(zip(ids.tolist(), scores.tolist(), strict=True))
+            elif mode == "bm25":
+                scores, ids = self._bm25_index().search(query, k, allowed)
+                ranked = list(zip(ids.tolist(), scores.tolist(), strict=True))
+            else:
+                _, dense_ids = faiss_index.search(self._index, qvec, pool, allowed, self._kind)
+                _, lex_ids = self._bm25_index().search(query, pool, allowed)
+                ranked = reciprocal_rank_fusion([dense_ids, lex_ids], k)
+            return self._rows(ranked)
+        finally:
+            self._db.execute("COMMIT")
 
     def _rows(self, ranked: list[tuple[int, float]]) -> list[ScoredChunk]:
         if not ranked:

@@ -6,13 +6,14 @@ HNSW cannot delete), `ivf` (inverted lists, trained on the collection's own vect
 
 from __future__ import annotations
 
-import os
+import hashlib
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from ragtune.platform.errors import RagtuneError
+from ragtune.platform.errors import DamagedError, RagtuneError
+from ragtune.platform.files import atomic_writer
 
 KINDS = ("flat", "hnsw", "ivf")
 HNSW_M = 32  # neighbours per node: recall@10 ~0.99 at efSearch 64 on 100k x 384
@@ -138,23 +139,52 @@ def search(index: faiss.IndexIDMap2, query: np.ndarray, k: int,
     return scores[0][keep], ids[0][keep]
 
 
-def write_atomic(index: faiss.Index, path: Path) -> None:
-    """Write to a temp file in the same folder, fsync, rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    faiss.write_index(index, str(tmp))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+def write_atomic(index: faiss.Index, path: Path) -> str:
+    """Write through a temp file, fsync, rename (see `platform.files.atomic_writer`): readers
+    never see half a file, a failed write leaves no temp file. Returns the file's sha256."""
+    failure: list[BaseException] = []
+
+    with atomic_writer(path) as write:
+        def sink(data: bytes) -> int:
+            try:
+                write(data)
+            except BaseException as e:  # faiss would turn it into a bare RuntimeError
+                failure.append(e)
+                raise
+            return len(data)
+
+        try:
+            faiss.write_index(index, faiss.PyCallbackIOWriter(sink))
+        except RuntimeError:
+            if failure:
+                raise failure[0] from None
+            raise
+    return write.sha256
 
 
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def read(path: Path, sha256: str | None = None) -> faiss.IndexIDMap2:
+    """Read an index file, checking it against the `sha256` recorded when it was written.
+
+    A truncated or corrupted file raises `DamagedError` naming it: it is never half-loaded.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:  # one open: a concurrent cleanup cannot swap the file
+        def source(n: int) -> bytes:
+            data = fh.read(n)
+            digest.update(data)
+            return data
+
+        try:
+            index = faiss.read_index(faiss.PyCallbackIOReader(source))
+        except RuntimeError as e:
+            raise DamagedError(f"{path} is not a readable FAISS index ({str(e).strip()[:160]})"
+                               f"{repair_hint(path)}") from None
+        digest.update(fh.read())  # trailing bytes count too
+    if sha256 and digest.hexdigest() != sha256:
+        raise DamagedError(f"{path} fails its checksum (truncated or corrupted){repair_hint(path)}")
+    return index  # already the concrete type (IndexIDMap2)
 
 
-def read(path: Path) -> faiss.IndexIDMap2:
-    return faiss.read_index(str(path))  # already the concrete type (IndexIDMap2)
+def repair_hint(path: Path) -> str:
+    return (f": `ragtune collections repair {path.parent.name}` rebuilds the vectors from the "
+            "stored chunk texts")

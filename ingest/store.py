@@ -18,7 +18,11 @@ write. The previous generation's file is kept, so a reader still loading it is n
 from __future__ import annotations
 
 import json
+import logging
+import os
+import socket
 import sqlite3
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,10 +36,43 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from ragtune.ingest import faiss_index
-from ragtune.platform.errors import RagtuneError
-from ragtune.platform.files import write_json
+from ragtune.platform.errors import DamagedError, DiskFullError, LockedError, RagtuneError
+from ragtune.platform.files import remove_temp_files, write_json
+
+log = logging.getLogger("ragtune")
 
 SCHEMA_VERSION = 1
+
+
+class IndexFileMissing(DamagedError):
+    """chunks.db names an index file that is not there. For a reader this usually means a
+    writer committed twice since its snapshot and removed that file: read again."""
+
+
+def sqlite_error(e: sqlite3.Error, db_path: Path) -> Exception:
+    """A sqlite error as the typed error a user can act on (or `e` itself)."""
+    text = str(e).lower()
+    if "full" in text and ("disk" in text or "database" in text):
+        return DiskFullError(f"no space left on the device writing {db_path}: free space and run "
+                             "the command again; what was stored before is unchanged")
+    if type(e) is sqlite3.DatabaseError or "malformed" in text or "not a database" in text:
+        return DamagedError(
+            f"{db_path} is damaged ({e}): restore the collection folder from a backup, or drop "
+            f"it (`ragtune collections drop {db_path.parent.name}`) and ingest again")
+    return e
+
+
+@contextmanager
+def sqlite_guard(db_path: Path) -> Iterator[None]:
+    """Raise a damaged or full database as `DamagedError`/`DiskFullError`, not a bare sqlite3
+    error the user cannot act on."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        typed = sqlite_error(e, db_path)
+        if typed is e:
+            raise
+        raise typed from e
 
 
 def _migration_1(db: sqlite3.Connection) -> None:
@@ -115,10 +152,16 @@ class Store:
         """
         folder.mkdir(parents=True, exist_ok=True)
         store = cls(folder)
+        with sqlite_guard(store.db_path):
+            store._migrate()
+        return store
+
+    def _migrate(self) -> None:
+        store, folder = self, self.folder
         db = _connect(store.db_path)
         try:
             if store._schema_version(db) == SCHEMA_VERSION:
-                return store
+                return
             db.execute("BEGIN IMMEDIATE")
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             version = store._schema_version(db)
@@ -135,7 +178,6 @@ class Store:
             db.execute("COMMIT")
         finally:
             db.close()
-        return store
 
     @staticmethod
     def _schema_version(db: sqlite3.Connection) -> int:
@@ -173,15 +215,23 @@ class Store:
         return self.folder / name if name else None
 
     def load_index(self, db: sqlite3.Connection, dim: int) -> faiss.IndexIDMap2:
+        """The committed generation's vectors, checked against what chunks.db recorded: the
+        file's checksum, its vector count and dimension. Never a misaligned id -> chunk map."""
         path = self.index_file(db)
         if path is None:
             return faiss_index.new_index("flat", dim)
-        if not path.exists():
-            raise RagtuneError(
-                f"{path} is missing although {self.db_path} names it: the collection was "
-                "damaged outside ragtune; drop it and ingest again"
-            )
-        return faiss_index.read(path)
+        try:
+            index = faiss_index.read(path, self.get_meta(db, "index_sha256"))
+        except FileNotFoundError:
+            raise IndexFileMissing(
+                f"{path} is missing although {self.db_path} names it{faiss_index.repair_hint(path)}"
+            ) from None
+        rows = db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+        if index.ntotal != rows or index.d != dim:
+            raise DamagedError(
+                f"{path} holds {index.ntotal} vectors of dimension {index.d}; {self.db_path} has "
+                f"{rows} chunks of dimension {dim}{faiss_index.repair_hint(path)}")
+        return index
 
     # -- reading ------------------------------------------------------------------------------
     def documents(self, db: sqlite3.Connection) -> dict[str, StoredDocument]:
@@ -197,26 +247,54 @@ class Store:
         return {"documents": docs, "chunks": chunks}
 
     # -- writing ------------------------------------------------------------------------------
+    @property
+    def owner_path(self) -> Path:
+        return self.folder / "write.lock.owner"
+
+    def _owner(self) -> str:
+        try:
+            o = json.loads(self.owner_path.read_text())
+            since = time.strftime("%H:%M:%S", time.localtime(o["since"]))
+            return f"pid {o['pid']} on {o['host']} (`{o['command']}`, since {since})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
+
     @contextmanager
     def writer(self, timeout: float) -> Iterator[Writer]:
+        """The one writer of this collection: a second one waits up to `timeout` seconds, saying
+        who holds the lock, then gets `LockedError` (never an endless wait)."""
         try:
-            self.lock.acquire(timeout=timeout)
-        except Timeout as e:
-            raise RagtuneError(
-                f"collection {self.folder.name!r} is being written by another process "
-                f"(lock {self.lock.lock_file}); wait for it to finish, or raise "
-                "RAGTUNE_LOCK_TIMEOUT to wait longer"
-            ) from e
+            self.lock.acquire(timeout=0)
+        except Timeout:
+            log.warning("collection %r is being written by %s: waiting up to %.0fs "
+                        "(RAGTUNE_LOCK_TIMEOUT)", self.folder.name, self._owner(), timeout)
+            try:
+                self.lock.acquire(timeout=timeout)
+            except Timeout as e:
+                raise LockedError(
+                    f"collection {self.folder.name!r} is locked: it is being written by "
+                    f"{self._owner()} (lock {self.lock.lock_file}); wait for it to finish, or "
+                    "raise RAGTUNE_LOCK_TIMEOUT to wait longer"
+                ) from e
         writer = None
         try:
-            writer = Writer(self)
-            yield writer
+            self.owner_path.write_text(json.dumps({
+                "pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+                "command": " ".join(["ragtune", *sys.argv[1:3]])[:120]}))
+            with sqlite_guard(self.db_path):
+                writer = Writer(self)
+                yield writer
         finally:
             if writer is not None:
                 writer.close()
             self.lock.release()
 
-    def write_manifest(self, extra: dict[str, Any]) -> None:
+    def write_manifest(self, extra: dict[str, Any]) -> bool:
+        """Write manifest.json, a description derived from chunks.db (the source of truth).
+
+        Best effort: when it cannot be written (a full disk) the committed data still stands,
+        so this warns and returns False; `refresh_manifest` rewrites a stale one on open.
+        """
         db = self.connect()
         try:
             db.execute("BEGIN")
@@ -234,7 +312,45 @@ class Store:
             db.execute("COMMIT")
         finally:
             db.close()
-        write_json(self.manifest_path, manifest)
+        try:
+            write_json(self.manifest_path, manifest)
+        except (OSError, DiskFullError) as e:
+            log.warning("%s was not refreshed (%s); the collection's data is committed, and the "
+                        "manifest is rewritten when the collection is next opened",
+                        self.manifest_path, e)
+            return False
+        return True
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        try:
+            m = json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError):  # missing, unreadable or corrupted: derived data
+            return None
+        return m if isinstance(m, dict) else None
+
+    def refresh_manifest(self) -> None:
+        """Rewrite manifest.json when it does not describe the committed generation (a crash
+        between commit and manifest, a corrupted file). Skipped while a writer holds the lock:
+        that writer writes it."""
+        old = self.read_manifest()
+        db = self.connect()
+        try:
+            db.execute("BEGIN")
+            now = {"generation": self.generation(db), **self.counts(db)}
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        if old is not None and all(old.get(k) == v for k, v in now.items()):
+            return
+        try:
+            self.lock.acquire(timeout=0)
+        except Timeout:
+            return
+        try:
+            keep = {k: old[k] for k in ("last_ingest",) if old and k in old}
+            self.write_manifest(keep)
+        finally:
+            self.lock.release()
 
 
 class Writer:
@@ -253,6 +369,8 @@ class Writer:
         self.index: faiss.IndexIDMap2 | None = None
         self._pending: list[tuple[str, tuple]] = []
         self._remove_ids: list[int] = []
+        self.previous_name = store.get_meta(self.db, "previous_index_file")
+        self._cleanup()  # what killed writers left: temp files, index files never committed
 
     def _ensure_index(self, dim: int) -> faiss.IndexIDMap2:
         if self.index is None:
@@ -293,6 +411,11 @@ class Writer:
         self.kind = kind
         self._pending.append(("kind", (kind,)))
 
+    def replace_index(self, index: faiss.IndexIDMap2) -> None:
+        """Stage a rebuilt vectors file for the same chunks (see `Collection.repair`)."""
+        self.index = index
+        self._pending.append(("rebuild", ()))
+
     @property
     def has_changes(self) -> bool:
         return bool(self._pending)
@@ -323,10 +446,10 @@ class Writer:
         # a name never used before: even a writer that lost its lock cannot overwrite the
         # committed generation's file
         new_name = f"index.{new_gen}.{uuid.uuid4().hex[:8]}.faiss"
-        faiss_index.write_atomic(index, self.store.folder / new_name)
+        sha256 = faiss_index.write_atomic(index, self.store.folder / new_name)
         # 2. rows + generation in one transaction: this is the commit point
-        db.execute("BEGIN IMMEDIATE")
         try:
+            db.execute("BEGIN IMMEDIATE")
             if int(Store.get_meta(db, "generation", 0)) != self.gen:
                 raise RagtuneError(
                     f"collection {self.store.folder.name!r} changed underneath this writer "
@@ -354,12 +477,18 @@ class Writer:
             Store.set_meta(db, "next_chunk_id", next_id)
             Store.set_meta(db, "generation", new_gen)
             Store.set_meta(db, "index_file", new_name)
+            Store.set_meta(db, "index_sha256", sha256)
             Store.set_meta(db, "previous_index_file", self.index_name)
             Store.set_meta(db, "updated_at", now)
             db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
+        except BaseException as e:
+            if db.in_transaction:  # SQLite already rolled back after some errors (a full disk)
+                db.execute("ROLLBACK")
             (self.store.folder / new_name).unlink(missing_ok=True)
+            if isinstance(e, sqlite3.Error):
+                typed = sqlite_error(e, self.store.db_path)
+                if typed is not e:
+                    raise typed from e
             raise
         self.previous_name, self.index_name = self.index_name, new_name
         self.gen, self.index = new_gen, index
@@ -374,8 +503,7 @@ class Writer:
         for f in self.store.folder.glob("index.*.faiss"):
             if f.name not in keep:
                 f.unlink(missing_ok=True)
-        for f in self.store.folder.glob(".index.*.faiss.tmp-*"):  # a crashed writer's leftovers
-            f.unlink(missing_ok=True)
+        remove_temp_files(self.store.folder)  # a killed writer's leftovers: never read
 
     def close(self) -> None:
         self.db.close()

@@ -46,7 +46,8 @@ class Settings(BaseSettings):
         64, ge=1, description="documents per committed generation (an interrupted ingest resumes)"
     )
     lock_timeout: float = Field(
-        600.0, ge=0, description="seconds a second writer waits for a collection's lock"
+        30.0, ge=0, description="seconds a second writer waits for a collection's lock, then fails "
+        "naming the process that holds it"
     )
 
     # -- the assistant and the server ---------------------------------------------------------
@@ -67,6 +68,11 @@ class Settings(BaseSettings):
     adapter_slots: int = Field(4, ge=1, description="adapters kept loaded (LRU)")
     request_timeout: float = Field(300.0, gt=0, description="seconds a generation may take")
     max_upload_mb: float = Field(50.0, gt=0, description="largest request body / upload")
+    injection_guard: bool = Field(
+        True, description="treat retrieved text as data: strip instructions, hidden text and "
+        "fetchable links from sources, redact the system prompt's secrets from answers "
+        "(platform/guard.py); off only to measure what it does"
+    )
 
     @field_validator("chunk_overlap")
     @classmethod
