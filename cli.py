@@ -20,7 +20,7 @@ from ragtune.platform.errors import RagtuneError
 app = typer.Typer(help="ragtune: facts go in the index, behaviour goes in the adapter.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 models_app = typer.Typer(help="The model store: import and list models.", no_args_is_help=True)
-collections_app = typer.Typer(help="List, show and drop collections.", no_args_is_help=True)
+collections_app = typer.Typer(help="List, show, check, repair and drop collections.", no_args_is_help=True)
 index_app = typer.Typer(help="Maintain a collection's vector index.", no_args_is_help=True)
 adapters_app = typer.Typer(help="The adapter registry: list, show, promote, delete, merge.",
                            no_args_is_help=True)
@@ -475,6 +475,38 @@ def collections_show(name: str, as_json: JsonOpt = False) -> None:
     for d in docs:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(d["ingested_at"]))
         typer.echo(f"  {d['chunks']:>5} chunks  {when}  {d['source']}")
+
+
+@collections_app.command("check")
+def collections_check(name: str, as_json: JsonOpt = False) -> None:
+    """Check a collection on disk: checksums, ids == chunks, vectors, manifest. Exit 1 if damaged."""
+    from ragtune.ingest.collection import Collection
+
+    report = Collection.open(name, _settings(), create=False).check()
+    if as_json:
+        _out(report.to_dict())
+    else:
+        typer.echo(f"{name}: generation {report.generation}, {report.documents} documents, "
+                   f"{report.chunks} chunks, {report.vectors} vectors: "
+                   f"{'ok' if report.ok else 'DAMAGED'}")
+        for line in report.problems:
+            typer.echo(f"  problem: {line}")
+        for line in report.notes:
+            typer.echo(f"  note: {line}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@collections_app.command("repair")
+def collections_repair(name: str, as_json: JsonOpt = False) -> None:
+    """Rebuild a collection's vectors from its stored chunk texts (a damaged vectors file)."""
+    from ragtune.ingest.collection import Collection
+
+    info = Collection.open(name, _settings(), create=False).repair()
+    if as_json:
+        return _out(info)
+    typer.echo(f"repaired {name}: generation {info['generation']}, {info['chunks']} chunks "
+               "re-embedded")
 
 
 @collections_app.command("drop")

@@ -189,7 +189,8 @@ class Store:
 
     def connect(self, shared: bool = False) -> sqlite3.Connection:
         """A connection; `shared=True` allows use from several threads (guard it with a lock)."""
-        return _connect(self.db_path, shared)
+        with sqlite_guard(self.db_path):
+            return _connect(self.db_path, shared)
 
     @staticmethod
     def get_meta(db: sqlite3.Connection, key: str, default: Any = None) -> Any:

@@ -41,22 +41,23 @@ class CheckReport:
 def check(store: Store) -> CheckReport:
     report = CheckReport(store.folder.name)
     named: set[str] = set()  # the index files chunks.db names (current and previous)
-    db = store.connect()
     try:
         with sqlite_guard(store.db_path):
-            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
-            if verdict != "ok":
-                report.problems.append(f"{store.db_path}: {verdict}")
-                return report
-            db.execute("BEGIN")
+            db = store.connect()
             try:
-                named = _check_snapshot(store, db, report)
+                verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+                if verdict != "ok":
+                    report.problems.append(f"{store.db_path}: {verdict}")
+                    return report
+                db.execute("BEGIN")
+                try:
+                    named = _check_snapshot(store, db, report)
+                finally:
+                    db.execute("COMMIT")
             finally:
-                db.execute("COMMIT")
+                db.close()
     except DamagedError as e:
         report.problems.append(str(e))
-    finally:
-        db.close()
     _check_manifest(store, report)
     _check_files(store, named, report)
     return report
