@@ -1,6 +1,10 @@
 """The FastAPI app: wiring, errors in OpenAI's shape, the body-size cap, metrics, health.
 
     ragtune serve --host 127.0.0.1 --port 8000
+
+On SIGTERM or SIGINT the server drains: it stops accepting connections, answers any request that
+still arrives with 503, lets in-flight requests and streams finish (up to `GRACE_SECONDS`), then
+stops the generation worker and exits.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import warnings
 from contextlib import asynccontextmanager
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -23,6 +28,9 @@ from ragtune.serve.auth import ACCESS, LOOPBACK, Keys
 from ragtune.serve.deps import ServerState, principal, state
 from ragtune.serve.jobs import Jobs
 from ragtune.serve.metrics import Metrics
+
+GRACE_SECONDS = 30  # how long in-flight requests may take to finish after a stop signal
+ALWAYS_OPEN = ("/healthz",)  # answered while draining: the process is still up
 
 
 def is_loopback(host: str) -> bool:
@@ -51,22 +59,38 @@ class BodyLimit:
         declared = headers.get(b"content-length")
         if declared and declared.isdigit() and int(declared) > self.limit:
             return await self._refuse(send)
-        seen = 0
+        seen, refused, started = 0, False, False
 
         async def counted() -> dict:
-            nonlocal seen
+            # A body that grows past the limit (chunked, or lying about its length): answer 413
+            # now and tell the app the client left, so it stops reading and stores nothing.
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise _TooLarge
+                refused = True
+                if not started:
+                    await self._refuse(send)
+                return {"type": "http.disconnect"}
             return message
 
+        async def guarded(message: dict) -> None:
+            nonlocal started
+            if refused:
+                return  # the 413 went out; whatever the app answers to the "disconnect" is moot
+            started = True
+            await send(message)
+
         try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._refuse(send)
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not refused:
+                raise
 
     async def _refuse(self, send: Any) -> None:
+        """The 413; the app's own answer, if it still makes one, is dropped (see `__call__`)."""
         body = JSONResponse(error_body(f"request body over {self.limit // 2**20} MB "
                                        "(RAGTUNE_MAX_UPLOAD_MB)", "invalid_request_error", 413),
                             status_code=413)
@@ -75,18 +99,10 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body.body})
 
 
-class _TooLarge(Exception):
-    pass
-
-
 def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") -> FastAPI:
     """The app for `settings`. `engine` defaults to the in-process transformers engine."""
     from ragtune.serve import collections_api, openai_api, route_api, ui_api
 
-    if engine is None:
-        from ragtune.serve.engine import Engine
-
-        engine = Engine(settings)
     keys = Keys(settings.keys_file)
     open_allowed = is_loopback(host)
     if keys.empty():
@@ -96,12 +112,21 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
                 "`ragtune keys create --scopes query` or bind to 127.0.0.1")
         warnings.warn("no API keys exist: the server is open to anyone on this machine "
                       "(create keys with `ragtune keys create`)", stacklevel=2)
+    owns_engine = engine is None
+    if owns_engine:
+        from ragtune.serve.engine import Engine
+
+        engine = Engine(settings)
     metrics = Metrics(engine.queue_depth, lambda: engine.running)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
         yield
+        # uvicorn calls this after in-flight requests finished (or the grace period ended)
+        app.state.ragtune.draining = True
         app.state.ragtune.jobs.close()
+        if owns_engine:
+            engine.close()
 
     app = FastAPI(title="ragtune", version=_version(), lifespan=lifespan,
                   description="Facts go in the index, behaviour goes in the adapter: an "
@@ -143,7 +168,10 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
     @app.middleware("http")
     async def _measure(request: Request, call_next: Any) -> Response:
         started = time.perf_counter()
-        response = await call_next(request)
+        if app.state.ragtune.draining and request.url.path not in ALWAYS_OPEN:
+            response = _shutting_down()
+        else:
+            response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         metrics.requests.labels(path, request.method, str(response.status_code)).inc()
@@ -157,7 +185,7 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
 
     @app.get("/readyz", tags=["ops"])
     def readyz(request: Request) -> JSONResponse:
-        """The generation worker is running and the queue has room."""
+        """The generation worker is running and the queue has room (503 while draining)."""
         eng = state(request).engine
         ok = eng.ready()
         return JSONResponse({"status": "ready" if ok else "not ready", "model": eng.model_name,
@@ -171,6 +199,12 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
 
     _check_access_table(app)
     return app
+
+
+def _shutting_down() -> JSONResponse:
+    return JSONResponse(error_body("the server is shutting down: retry on another replica or "
+                                   "once it has restarted", "server_error", 503), 503,
+                        headers={"Retry-After": "5", "Connection": "close"})
 
 
 def with_limits(app: FastAPI, settings: Settings) -> Any:
@@ -195,9 +229,22 @@ def _version() -> str:
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the API with uvicorn until SIGINT/SIGTERM (in-flight requests get 30 s to finish)."""
-    import uvicorn
-
+    """Run the API with uvicorn until SIGINT/SIGTERM, then drain: in-flight requests and streams
+    get `GRACE_SECONDS` to finish, new ones are refused, then the engine stops."""
     app = create_app(settings, host=host)
-    uvicorn.run(with_limits(app, settings), host=host, port=port, log_level="info",
-                timeout_graceful_shutdown=30)
+    config = uvicorn.Config(with_limits(app, settings), host=host, port=port, log_level="info",
+                            timeout_graceful_shutdown=GRACE_SECONDS)
+    DrainingServer(config, app.state.ragtune).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, telling the app when a stop signal arrives. uvicorn closes its
+    listening socket within a tick; a request accepted in between gets 503, not the model."""
+
+    def __init__(self, config: uvicorn.Config, app_state: ServerState):
+        super().__init__(config)
+        self.app_state = app_state
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.app_state.draining = True
+        super().handle_exit(sig, frame)

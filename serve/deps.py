@@ -22,6 +22,7 @@ class ServerState:
     jobs: Any
     metrics: Any
     open_allowed: bool
+    draining: bool = False  # a stop signal came: new requests get 503, in-flight ones finish
     _collections: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     _embedder: Any = None
     _router: Any = None
@@ -60,7 +61,6 @@ class ServerState:
 
                 self._embedder = Embedder.from_settings(self.settings)
             return self._embedder
-
 
     def router(self) -> Any:
         from ragtune.platform.router import Router

@@ -7,6 +7,8 @@ prompts are prefilled and their KV cache joined to the batch), so concurrent req
 forward passes whether they arrive together or not; rows for different adapters share a batch
 through peft's per-sample `adapter_names`. A request stops at EOS, a stop string, its grammar's
 end, `max_tokens`, its deadline, or when its caller cancels it (a client that disconnected).
+A request whose deadline passed or whose caller left while it waited is answered without any
+model work; every finished request leaves a record in `recent` (finish reason, token counts).
 
 This is the default backend behind the `Generator` protocol; vLLM takes its place at scale.
 """
@@ -140,6 +142,9 @@ class Engine:
         self.steps = 0
         self.batch_sizes: list[int] = []  # rows per decode step, for tests and the benchmark
         self.finished: Counter[str] = Counter()  # finish reasons
+        # the last finished requests (id, finish, prompt and completion tokens): the proof that a
+        # cancelled or timed-out request stopped decoding, for tests and the benchmark
+        self.recent: deque[dict[str, Any]] = deque(maxlen=256)
         self._thread = threading.Thread(target=self._loop, name="ragtune-engine", daemon=True)
         self._thread.start()
 
@@ -186,16 +191,32 @@ class Engine:
                 self._grammars = JsonGrammars(self.tokenizer, self.vocab_size, sorted(self.eos_ids))
             return self._grammars
 
+    def check_fits(self, prompt_tokens: int, max_tokens: int) -> None:
+        """Refuse a prompt plus `max_tokens` over the context window. The API calls this on the
+        bare conversation before retrieval, so an oversize request costs no model work."""
+        if prompt_tokens + max_tokens > self.context_window:
+            raise RagtuneError(
+                f"the prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) "
+                f"exceeds the model's context window of {self.context_window} tokens: shorten the "
+                "conversation, lower max_tokens or retrieve fewer chunks")
+
+    def check_room(self) -> None:
+        """Refuse at once when the queue is full (the API calls this before retrieval, so an
+        overloaded server does no work for a request it will not run); `submit` checks again."""
+        if self._queue.full():
+            raise self._overloaded()
+
+    def _overloaded(self) -> OverloadedError:
+        return OverloadedError(
+            f"the generation queue is full ({self._queue.maxsize} waiting): retry shortly or "
+            "raise RAGTUNE_SERVE_QUEUE", retry_after=max(1, round(self.busy_seconds())))
+
     def submit(self, prompt_ids: list[int], params: GenParams, adapter: str | None = None,
                adapter_dir: Path | None = None, loop: asyncio.AbstractEventLoop | None = None,
                timeout: float | None = None) -> Handle:
         """Queue a generation. Raises RagtuneError for a prompt that does not fit the context
         window or a bad schema, OverloadedError when the queue is full."""
-        if len(prompt_ids) + params.max_tokens > self.context_window:
-            raise RagtuneError(
-                f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_tokens}) "
-                f"exceeds the model's context window of {self.context_window} tokens: shorten the "
-                "conversation, lower max_tokens or retrieve fewer chunks")
+        self.check_fits(len(prompt_ids), params.max_tokens)
         grammar = None
         if params.response_format in ("json_object", "json_schema"):
             grammar = self.grammars().compile(
@@ -207,9 +228,7 @@ class Engine:
             self._queue.put_nowait(_Request(list(prompt_ids), params, adapter, adapter_dir, handle,
                                             deadline, grammar))
         except queue.Full:
-            raise OverloadedError(
-                f"the generation queue is full ({self._queue.maxsize} waiting): retry shortly or "
-                "raise RAGTUNE_SERVE_QUEUE", retry_after=max(1, round(self.busy_seconds()))) from None
+            raise self._overloaded() from None
         return handle
 
     def generate(self, messages: list[dict[str, str]], params: GenParams | None = None,
@@ -245,7 +264,18 @@ class Engine:
                 first = self._held.popleft() if self._held else self._queue.get(timeout=0.05)
             except queue.Empty:
                 continue
-            self._run([first])
+            if not self._expired(first):
+                self._run([first])
+
+    def _expired(self, req: _Request) -> bool:
+        """Answer a waiting request whose caller left or whose deadline passed, without
+        prefilling it: time spent in the queue counts against the deadline."""
+        reason = ("cancelled" if req.handle.cancelled
+                  else "timeout" if time.monotonic() > req.deadline else None)
+        if reason is None:
+            return False
+        self._finish(_Row(req, finish=reason))
+        return True
 
     def _take(self, rows: list[_Row]) -> list[_Request]:
         """Waiting requests that may join the running rows now."""
@@ -256,8 +286,7 @@ class Engine:
                 req = self._held.popleft() if self._held else self._queue.get_nowait()
             except queue.Empty:
                 break
-            if req.handle.cancelled:
-                req.handle.put(GenEvent(finish_reason="cancelled"))
+            if self._expired(req):
                 continue
             if req.adapter_dir is not None and req.adapter not in self.pool.loaded:
                 # loading adds modules and leaves the running adapters alone: safe between steps
@@ -453,6 +482,10 @@ class Engine:
 
     def _finish(self, r: _Row) -> None:
         self.finished[r.finish or "stop"] += 1
+        self.recent.append({"id": r.req.handle.id, "finish": r.finish or "stop",
+                            "prompt_tokens": len(r.req.ids),
+                            "completion_tokens": len(r.generated),
+                            "max_tokens": r.req.params.max_tokens})
         r.req.handle.put(GenEvent(finish_reason=r.finish, prompt_tokens=len(r.req.ids),
                                   completion_tokens=len(r.generated)))
 

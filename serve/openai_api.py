@@ -55,6 +55,26 @@ def _json_valid(text: str, params: GenParams) -> bool:
     return True
 
 
+def _admit(engine: Any, messages: list[dict[str, str]], params: GenParams) -> None:
+    """Refuse, before any model work (retrieval, routing, prefill), a request that cannot run:
+    the conversation's own tokens plus max_tokens over the context window (400), a full queue
+    (429). The system prompt, template and retrieved sources only add to the prompt, so what
+    fails here would fail in `submit` too, after the cost."""
+    if hasattr(engine, "check_fits"):  # the in-process engine; another backend checks in submit
+        engine.check_fits(sum(engine.count_tokens(m["content"]) for m in messages),
+                          params.max_tokens)
+    if hasattr(engine, "check_room"):
+        engine.check_room()
+
+
+async def _until_disconnect(request: Request, handle: Any) -> None:
+    """Cancel `handle` when the client goes away: a non-streamed answer nobody will read must
+    not keep a batch slot until max_tokens."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    handle.cancel()
+
+
 @router.post("/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request,
                            who: Principal = Depends(principal)) -> Any:
@@ -64,6 +84,7 @@ async def chat_completions(body: ChatRequest, request: Request,
     params = _params(body, st.settings)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                 for m in body.messages]
+    await run_in_threadpool(_admit, st.engine, messages, params)  # a long prompt: not on the loop
     rag, model, auto = body.rag, body.model, None
     if model == "auto":  # the applied plan decides: adapter, and whether to retrieve
         from ragtune.platform.assistant import last_user_text
@@ -182,11 +203,13 @@ async def chat_completions(body: ChatRequest, request: Request,
                 end = ev
             return out + flt.flush(), end
 
+        watcher = asyncio.create_task(_until_disconnect(request, handle))
         try:
             text, last = await asyncio.wait_for(collect(), st.settings.request_timeout + 5)
         except TimeoutError:
             raise GenerationTimeout("the generation took longer than RAGTUNE_REQUEST_TIMEOUT") from None
         finally:
+            watcher.cancel()
             handle.cancel()
         if last.finish_reason == "timeout":
             raise GenerationTimeout(

@@ -3,9 +3,12 @@ server on a free loopback port in a background thread."""
 
 from __future__ import annotations
 
+import queue
 import socket
+import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +64,105 @@ class Server:
     def __exit__(self, *exc: Any) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+# -- the reliability tests: an engine held busy, slowed, or served by a real `ragtune serve` ----
+
+class GatedQueue(queue.Queue):
+    """An engine queue that hands the worker at most `allow` requests until `open()`: the engine
+    is then exactly as busy as a test needs (its queue filling, nothing leaving), whatever the
+    timing. Install it with `monkeypatch.setattr(engine, "_queue", GatedQueue(...))`."""
+
+    def __init__(self, maxsize: int, allow: int = 0):
+        super().__init__(maxsize)
+        self.allow, self.taken = allow, 0
+        self._opened = threading.Event()
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if self.taken >= self.allow and not self._opened.wait(timeout if block else 0):
+            raise queue.Empty
+        item = super().get(block, timeout)
+        self.taken += 1
+        return item
+
+    def open(self) -> None:
+        self._opened.set()
+
+
+def slow_steps(target: Any, delay: float, patch: Callable[..., Any] = setattr) -> None:
+    """Make every decode step of `target` (an Engine, or the Engine class in a child process)
+    take `delay` seconds more and never choose EOS: a generation then runs to max_tokens at a
+    known pace. `patch`: `monkeypatch.setattr` in a test, so that it is undone."""
+    prefill, decode = target._prefill, target._decode
+    bound = not isinstance(target, type)
+
+    def no_eos(engine: Any, logits: torch.Tensor) -> torch.Tensor:
+        eos = torch.tensor(sorted(engine.eos_ids), device=logits.device)
+        return logits.index_fill(1, eos, float("-inf"))
+
+    def slow_prefill(*args: Any, **kw: Any) -> torch.Tensor:
+        engine = target if bound else args[0]
+        return no_eos(engine, prefill(*args, **kw))
+
+    def slow_decode(*args: Any, **kw: Any) -> torch.Tensor:
+        time.sleep(delay)
+        engine = target if bound else args[0]
+        return no_eos(engine, decode(*args, **kw))
+
+    patch(target, "_prefill", slow_prefill)
+    patch(target, "_decode", slow_decode)
+
+
+def run_slow_cli(delay: float, argv: list[str]) -> None:
+    """The `ragtune` command line with `slow_steps(Engine, delay)`: run in a child process as
+    `python -c` (see `ServeProcess`), so a stream is still running when a signal arrives."""
+    from ragtune.cli import app
+    from ragtune.serve.engine import Engine
+
+    slow_steps(Engine, delay)
+    app(argv, prog_name="ragtune")
+
+
+class ServeProcess:
+    """`ragtune serve` in a child process on a free loopback port, every decode step slowed by
+    `delay` seconds; its output goes to `log`. Use as a context manager (killed on exit)."""
+
+    def __init__(self, env: dict[str, str], log: Path, delay: float = 0.0):
+        import os
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        code = ("import sys; from tests.serve_helpers import run_slow_cli; "
+                "run_slow_cli(float(sys.argv[1]), sys.argv[2:])")
+        self.cmd = [sys.executable, "-c", code, str(delay), "serve", "--port", str(self.port)]
+        self.env = {**os.environ, **env}
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> ServeProcess:
+        import httpx
+
+        from tests.conftest import REPO
+
+        self._out = open(self.log, "wb")
+        self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=self.env, stdout=self._out,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ragtune serve exited with {self.proc.returncode}:\n"
+                                   f"{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"ragtune serve did not get ready:\n{self.log.read_text()[-3000:]}")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self._out.close()
