@@ -102,10 +102,13 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
         log(facts_report.summary())
 
     run_dir = run_dir_for(settings, job, report.sha256)
-    if not job.resume and (run_dir / "checkpoint").exists():
+    earlier = [run_dir / n for n in ("checkpoint", "checkpoint.old") if (run_dir / n).exists()]
+    if not job.resume and earlier:
         log(f"note: {run_dir} holds a checkpoint from an earlier run; starting over "
             "(pass --resume to continue it)")
         shutil.rmtree(run_dir)
+    if job.resume and not earlier:
+        _explain_missing_run(settings, job, run_dir)
 
     # -- train ------------------------------------------------------------------------------
     result = train(cfg, model, tokenizer, train_set, val_set, run_dir, resume=job.resume)
@@ -173,6 +176,18 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
     card["path"] = str(version_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # the version folder now holds what matters
     return card
+
+
+def _explain_missing_run(settings: Settings, job: TrainJob, run_dir: Path) -> None:
+    """--resume without a checkpoint for this name and data: when the adapter has runs for other
+    data, the data file changed (the run folder is per name and data sha256), so say that."""
+    others = sorted(p.name for p in (settings.home / "jobs").glob(f"train-{job.name}-*")
+                    if p != run_dir and (p / "checkpoint").exists())
+    if others and not job.run_id:
+        raise RagtuneError(
+            f"--resume: no checkpoint for {job.name!r} with this data ({run_dir.name}); "
+            f"{', '.join(others)} was made with other training data (a different sha256): "
+            "resume with the same data file, or start over without --resume")
 
 
 def _common_system(examples: list) -> str | None:

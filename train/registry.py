@@ -6,12 +6,15 @@
              chat-template hash, collection generation, training config)
         aliases.json   {"latest": "v2", "production": "v1"}
 
-A version appears only when complete (built in a temp folder, then renamed), so a killed run
-leaves no half version. Only safetensors are loaded: never a pickle.
+A version appears only when complete (built and fsynced in a hidden temp folder, then renamed),
+so a killed run leaves no half version; a delete renames the version away before removing it.
+Only safetensors are loaded: a folder holding any pickle-format file is refused, and the weights
+must match the sha256 recorded when they were registered.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -22,19 +25,74 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ragtune.platform.errors import NotFoundError, RagtuneError
+from ragtune.platform.errors import DamagedError, DiskFullError, NotFoundError, RagtuneError
 from ragtune.platform.files import write_json
 from ragtune.platform.settings import Settings
 
 META = "ragtune_adapter.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ALIASES = ("latest", "production")
+WEIGHTS = "adapter_model.safetensors"
+# formats that torch.load / pickle read, and so can run code while loading (`__reduce__`)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 
 
 def check_name(name: str) -> str:
     if not _NAME.match(name):
         raise RagtuneError(f"adapter name {name!r} is not allowed: use letters, digits, '.', '_', '-'")
     return name
+
+
+def refuse_pickles(folder: Path, what: str = "adapter") -> None:
+    """Refuse a folder holding any pickle-format file, even next to safetensors weights: a
+    loader that prefers (or falls back to) the pickle would run its code, so none is ever
+    opened, and none is copied into the registry."""
+    found = sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*")
+                   if p.suffix.lower() in PICKLE_SUFFIXES)
+    if found:
+        raise RagtuneError(
+            f"{folder} holds {', '.join(found[:5])}: only safetensors {what}s are loaded (no pickle: "
+            "unpickling can run code); delete those files, or re-save the weights with "
+            "save_pretrained(..., safe_serialization=True)")
+
+
+def check_safetensors(path: Path) -> None:
+    """A typed error for weights that are not a readable safetensors file (truncated, garbage, a
+    pickle renamed), before peft or torch meet them. Reads the header only: nothing runs."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            list(f.keys())
+    except Exception as e:  # safetensors raises its own error type, or OSError
+        raise DamagedError(
+            f"{path} is not a readable safetensors file ({type(e).__name__}: {e}): "
+            "re-save or re-train the adapter") from None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in `folder` durable (a power cut cannot undo it)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    fsync_dir(folder)
 
 
 def model_fingerprint(model_dir: Path) -> str:
@@ -49,7 +107,8 @@ def model_fingerprint(model_dir: Path) -> str:
 
 
 def _versions(folder: Path) -> list[str]:
-    if not folder.is_dir():
+    """Complete versions only: `vN` folders holding their metadata (written last, then renamed)."""
+    if not folder.is_dir() or folder.name.startswith("."):
         return []
     vs = [d.name for d in folder.iterdir() if re.fullmatch(r"v\d+", d.name) and (d / META).exists()]
     return sorted(vs, key=lambda v: int(v[1:]))
@@ -67,26 +126,49 @@ def _write_aliases(folder: Path, aliases: dict[str, str]) -> None:
 def register(settings: Settings, name: str, adapter_dir: Path, meta: dict[str, Any],
              extra_files: dict[str, Path] | None = None, card: dict[str, Any] | None = None,
              card_md: str | None = None) -> Path:
-    """Copy a finished adapter into a new version folder atomically; returns the folder."""
+    """Copy a finished adapter into a new version folder atomically; returns the folder.
+
+    The version is built in a hidden `.incoming-*` folder, fsynced, then renamed into place:
+    the rename is the commit point, so a kill or an error before it leaves no version (and an
+    error removes the temp folder), after it a complete one."""
     folder = settings.adapters_dir / check_name(name)
+    refuse_pickles(adapter_dir)
+    if not (adapter_dir / WEIGHTS).exists():
+        raise RagtuneError(f"{adapter_dir} holds no {WEIGHTS}: nothing to register")
+    bad = [t for t in (extra_files or {}) if Path(t).suffix.lower() in PICKLE_SUFFIXES]
+    if bad:
+        raise RagtuneError(f"extra files {', '.join(bad)}: pickle formats are not stored with "
+                           "an adapter")
+    check_safetensors(adapter_dir / WEIGHTS)
     folder.mkdir(parents=True, exist_ok=True)
-    if not (adapter_dir / "adapter_model.safetensors").exists():
-        raise RagtuneError(f"{adapter_dir} holds no adapter_model.safetensors: nothing to register")
+    _sweep(folder)
+    _sweep(settings.adapters_dir)  # a whole adapter's delete renames it there
     tmp = folder / f".incoming-{os.getpid()}-{time.time_ns()}"
-    shutil.copytree(adapter_dir, tmp)
-    for target, source in (extra_files or {}).items():
-        shutil.copy2(source, tmp / target)
-    if card is not None:
-        (tmp / "card.json").write_text(json.dumps(card, indent=2, default=str))
-    if card_md is not None:
-        (tmp / "README.md").write_text(card_md)
-    existing = _versions(folder)
-    # numbers are never reused, even after a delete
-    last = max([int(v[1:]) for v in existing] + [int(_aliases(folder).get("_last", "0"))])
-    version = f"v{last + 1}"
-    meta = {**meta, "name": name, "version": version, "created_at": time.time()}
-    (tmp / META).write_text(json.dumps(meta, indent=2, default=str))
-    os.replace(tmp, folder / version)  # the commit point: the version exists, complete
+    try:
+        shutil.copytree(adapter_dir, tmp)
+        for target, source in (extra_files or {}).items():
+            shutil.copy2(source, tmp / target)
+        if card is not None:
+            (tmp / "card.json").write_text(json.dumps(card, indent=2, default=str))
+        if card_md is not None:
+            (tmp / "README.md").write_text(card_md)
+        existing = _versions(folder)
+        # numbers are never reused, even after a delete
+        last = max([int(v[1:]) for v in existing] + [int(_aliases(folder).get("_last", "0"))])
+        version = f"v{last + 1}"
+        meta = {**meta, "name": name, "version": version, "created_at": time.time(),
+                "weights_sha256": sha256_file(tmp / WEIGHTS)}
+        (tmp / META).write_text(json.dumps(meta, indent=2, default=str))
+        _fsync_tree(tmp)
+        os.replace(tmp, folder / version)  # the commit point: the version exists, complete
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(
+                f"no space left on the device registering {name!r} in {folder} ({e.strerror}): "
+                "free space and register again; the registry is unchanged") from e
+        raise
+    fsync_dir(folder)
     aliases = _aliases(folder)
     aliases.update({"latest": version, "_last": str(last + 1)})
     _write_aliases(folder, aliases)
@@ -99,7 +181,7 @@ def resolve(settings: Settings, ref: str) -> Path:
     folder = settings.adapters_dir / check_name(name)
     versions = _versions(folder)
     if not versions:
-        known = ", ".join(sorted(d.name for d in settings.adapters_dir.glob("*") if _versions(d)))
+        known = ", ".join(sorted(d.name for d in settings.adapters_dir.glob("[!.]*") if _versions(d)))
         raise NotFoundError(
             f"no adapter named {name!r} in {settings.adapters_dir} (known: {known or 'none'}): "
             "train one with `ragtune train DATA --name NAME`")
@@ -112,7 +194,11 @@ def resolve(settings: Settings, ref: str) -> Path:
 
 
 def read_meta(version_dir: Path) -> dict[str, Any]:
-    return json.loads((version_dir / META).read_text())
+    try:
+        return json.loads((version_dir / META).read_text())
+    except ValueError as e:
+        raise DamagedError(f"{version_dir / META} is damaged ({e}): delete the version "
+                           "and register it again") from None
 
 
 def list_adapters(settings: Settings) -> list[dict[str, Any]]:
@@ -150,33 +236,70 @@ def delete(settings: Settings, ref: str) -> list[str]:
         gone = _versions(folder)
         if not gone:
             resolve(settings, name)  # raises the clear error
-        shutil.rmtree(folder)
+        _remove(folder)
         return gone
     version_dir = resolve(settings, ref)
     aliases = _aliases(folder)
-    shutil.rmtree(version_dir)
-    left = _versions(folder)
+    left = [v for v in _versions(folder) if v != version_dir.name]
     for alias, target in list(aliases.items()):
         if target == version_dir.name:
             if alias == "latest" and left:
                 aliases[alias] = left[-1]
             else:
                 del aliases[alias]
-    _write_aliases(folder, aliases)
+    _write_aliases(folder, aliases)  # first: no alias ever names a version that is gone
+    _remove(version_dir)
     return [version_dir.name]
+
+
+def _sweep(folder: Path) -> None:
+    """Remove what killed writers left: hidden `.incoming-<pid>-*` folders whose process is gone
+    and `.deleting-*` ones. They were never listed; this only frees their space."""
+    for leftover in folder.glob(".*-*"):
+        kind, _, rest = leftover.name.partition("-")
+        if kind == ".deleting" or kind == ".incoming" and not _alive(rest.split("-")[0]):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, PermissionError):
+        return True  # not ours to judge: keep it
+    return True
+
+
+def _remove(path: Path) -> None:
+    """Rename to a hidden name first (atomic), then delete: a kill mid-delete leaves a hidden
+    leftover, never a half version that lists or resolves."""
+    trash = path.with_name(f".deleting-{path.name}-{time.time_ns()}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)  # a leftover is swept by the next register
 
 
 def attach(model: Any, version_dir: Path, base_dir: Path, adapter_name: str = "default",
            tokenizer: Any = None) -> Any:
-    """Load an adapter onto its base model with peft, refusing a mismatched base and any
-    non-safetensors weights; warns when the serving chat template has drifted."""
+    """Load an adapter onto its base model with peft, refusing a mismatched base, any
+    pickle-format file in the folder (checked before peft sees it, which could otherwise pick
+    `adapter_model.bin`) and weights that are damaged or differ from the registered ones;
+    warns when the serving chat template has drifted."""
     from peft import PeftModel
 
     from ragtune.platform.prompt import chat_template_hash
 
     meta = read_meta(version_dir)
-    if not (version_dir / "adapter_model.safetensors").exists() or list(version_dir.glob("*.bin")):
-        raise RagtuneError(f"{version_dir}: only safetensors adapters are loaded (no pickle)")
+    refuse_pickles(version_dir)
+    weights = version_dir / WEIGHTS
+    if not weights.exists():
+        raise RagtuneError(f"{version_dir} holds no {WEIGHTS}: only safetensors adapters are "
+                           "loaded (no pickle)")
+    if meta.get("weights_sha256") and sha256_file(weights) != meta["weights_sha256"]:
+        raise DamagedError(
+            f"{weights} does not match the sha256 recorded when it was registered (damaged or "
+            "replaced): delete the version and register the adapter again")
+    check_safetensors(weights)
     fingerprint = model_fingerprint(base_dir)
     if meta.get("base_fingerprint") and meta["base_fingerprint"] != fingerprint:
         raise RagtuneError(
