@@ -3,6 +3,11 @@
 It composes a `Retriever` and a `Generator` it is handed and never imports the vector store or
 the engine. `ragtune ask` and the HTTP API run the same three steps: `prepare` (retrieval, the
 relevance floor, the context budget, the prompt), generation, `finish` (citations, usage).
+
+With `injection_guard` on (the default), retrieved chunks are sanitised before anything sees
+them (prompt, budget, citations: a changed chunk's citation lists why in `flagged`), and the
+citation filter the server streams through also redacts the system prompt's secrets and links
+no one gave the model (`platform.guard`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ragtune.platform.citations import CitationFilter, attribute
+from ragtune.platform.guard import GuardedFilter, OutputGuard, guard_chunks, special_tokens
 from ragtune.platform.prompt import build_messages, format_context
 from ragtune.platform.settings import Settings
 from ragtune.platform.types import (
@@ -38,6 +44,8 @@ class Prepared:
     best_score: float | None = None
     collection: str | None = None
     generation: int | None = None
+    protected: str = ""  # the system prompt(s): what an answer must not leak
+    public: str = ""  # what the model was shown that is no secret: user turns, sources
 
 
 @dataclass
@@ -67,6 +75,29 @@ class Assistant:
         self.generator = generator
         self.settings = settings
         self.system = system
+        self._tokens: list[str] | None = None
+
+    @property
+    def guard(self) -> bool:
+        return self.settings.injection_guard
+
+    def _guarded(self, chunks: list[ScoredChunk]) -> list[ScoredChunk]:
+        if not self.guard or not chunks:
+            return chunks
+        if self._tokens is None:  # the serving tokenizer's control tokens, once
+            self._tokens = special_tokens(getattr(self.generator, "tokenizer", None))
+        return guard_chunks(chunks, self._tokens)
+
+    def _build(self, prep: Prepared, conversation: list[dict[str, str]],
+               context: list[ScoredChunk] | None, system: str | None) -> Prepared:
+        prep.messages = build_messages(conversation, context, system, guard=self.guard)
+        protected = [m["content"] for m in conversation if m.get("role") == "system"]
+        if system is not None and not (conversation and conversation[0]["role"] == "system"):
+            protected.insert(0, system)
+        prep.protected = "\n".join(str(p) for p in protected)
+        prep.public = "\n".join([str(m.get("content") or "") for m in conversation
+                                 if m.get("role") == "user"] + [c.text for c in prep.sources])
+        return prep
 
     # -- before generation --------------------------------------------------------------------
     def prepare(self, messages: Sequence[dict[str, str]], retriever: Retriever | None = None,
@@ -81,9 +112,10 @@ class Assistant:
         conversation = [dict(m) for m in messages]
         system = self.system or system
         if retriever is None:
-            return Prepared(build_messages(conversation, None, system), [])
+            return self._build(Prepared([], []), conversation, None, system)
         query = last_user_text(conversation)
         retrieved = retriever.search(query, k=k, mode=mode, where=where) if query.strip() else []
+        retrieved = self._guarded(retrieved)
         best = None
         if retrieved:
             probe = retrieved if mode == "dense" else retriever.search(query, k=1, mode="dense",
@@ -100,31 +132,37 @@ class Assistant:
                     + " matches this question closely enough"
                     + (f" (best match {best:.2f}, relevance floor {floor:.2f})." if best is not None
                        else "."))
-            prep.messages = build_messages(conversation, [], system)
-            return prep
+            return self._build(prep, conversation, [], system)
         if mode == "dense":  # dense scores are cosines: the floor applies to each chunk
             retrieved = [c for c in retrieved if c.score >= floor]
         prep.sources = self._budget(retrieved)
         prep.dropped = len(retrieved) - len(prep.sources)
-        prep.messages = build_messages(conversation, prep.sources, system)
-        return prep
+        return self._build(prep, conversation, prep.sources, system)
 
     def _budget(self, chunks: list[ScoredChunk]) -> list[ScoredChunk]:
         """The highest-ranked chunks whose source blocks fit `context_tokens`."""
         kept, used = [], 0
         for c in chunks:
-            cost = self.generator.count_tokens(format_context([c]))
+            cost = self.generator.count_tokens(format_context([c], self.guard))
             if used + cost > self.settings.context_tokens:
                 break
             kept.append(c)
             used += cost
         return kept
 
-    def citation_filter(self, prep: Prepared, response_format: str = "text") -> CitationFilter:
-        return CitationFilter(len(prep.sources), strip=response_format not in JSON_FORMATS)
+    def citation_filter(self, prep: Prepared, response_format: str = "text"
+                        ) -> CitationFilter | GuardedFilter:
+        """The filter every generated piece passes before it is sent: citation markers, then
+        (guard on) the system prompt's secrets redacted and, when the prompt carries sources,
+        links that neither the user nor the sources gave removed."""
+        flt = CitationFilter(len(prep.sources), strip=response_format not in JSON_FORMATS)
+        if not self.guard:
+            return flt
+        return GuardedFilter(flt, OutputGuard(prep.protected, prep.public,
+                                              check_urls=bool(prep.sources)))
 
     # -- after generation ---------------------------------------------------------------------
-    def finish(self, prep: Prepared, text: str, flt: CitationFilter, last: GenEvent,
+    def finish(self, prep: Prepared, text: str, flt: CitationFilter | GuardedFilter, last: GenEvent,
                used: dict[str, Any]) -> Answer:
         listed = prep.sources if prep.sources else prep.retrieved
         attributed = set()
@@ -141,13 +179,18 @@ class Assistant:
                 "index": n if prep.sources else None, "chunk_id": c.chunk_id, "source": c.source,
                 "position": c.position, "page": c.metadata.get("page"),
                 "score": round(c.score, 4), "ingested_at": c.ingested_at, "cited": how is not None,
-                "cited_by": how, "text": c.text})
+                "cited_by": how, "text": c.text, "flagged": c.metadata.get("flagged", [])})
         usage = {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
                  "total_tokens": last.prompt_tokens + last.completion_tokens}
         used = {**used, "collection": prep.collection, "generation": prep.generation,
                 "sources_in_prompt": len(prep.sources), "dropped_by_budget": prep.dropped,
                 "best_score": None if prep.best_score is None else round(prep.best_score, 4),
                 "below_relevance_floor": prep.collection is not None and not prep.sources}
+        if isinstance(flt, GuardedFilter):
+            used["guard"] = {"flagged_sources": sum(bool(c.metadata.get("flagged"))
+                                                    for c in listed),
+                             "redacted": flt.guard.redacted,
+                             "links_removed": flt.guard.links_removed}
         return Answer(text, last.finish_reason or "stop", citations, flt.invalid, usage, used)
 
     def used(self, ref: ModelRef, params: GenParams) -> dict[str, Any]:

@@ -2,7 +2,10 @@
 the prompt format it is served with.
 
 Retrieved context goes into the system message as a numbered, clearly delimited block that is
-marked as data, not instructions (a guard against prompt injection from documents).
+marked as data, not instructions, each source passed through the injection guard
+(`platform.guard.sanitize`: hidden text, control tokens, fake delimiters, fetchable links and
+instruction-like sentences removed). Clean text passes the guard unchanged, so the prompt an
+adapter was trained on does not move.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+from ragtune.platform.guard import sanitize
 from ragtune.platform.types import ScoredChunk
 
 CONTEXT_RULES = (
@@ -21,8 +25,9 @@ CONTEXT_RULES = (
 NO_CONTEXT = "(no relevant documents were found)"
 
 
-def format_context(chunks: Sequence[ScoredChunk]) -> str:
-    """The sources block: `[n] (source, position) text`, numbered from 1 in rank order."""
+def format_context(chunks: Sequence[ScoredChunk], guard: bool = True) -> str:
+    """The sources block: `[n] (source, position) text`, numbered from 1 in rank order; with
+    `guard`, each text sanitised (a no-op on clean text and on text already sanitised)."""
     if not chunks:
         return f"<sources>\n{NO_CONTEXT}\n</sources>"
     parts = []
@@ -30,7 +35,10 @@ def format_context(chunks: Sequence[ScoredChunk]) -> str:
         where = c.source.rsplit("/", 1)[-1]
         if "page" in c.metadata:
             where += f", page {c.metadata['page']}"
-        parts.append(f"[{n}] ({where})\n{c.text.strip()}")
+        text = c.text
+        if guard:
+            where, text = sanitize(where)[0], sanitize(text)[0]
+        parts.append(f"[{n}] ({where})\n{text.strip()}")
     return "<sources>\n" + "\n\n".join(parts) + "\n</sources>"
 
 
@@ -38,14 +46,16 @@ def build_messages(
     conversation: Sequence[dict[str, str]],
     context: Sequence[ScoredChunk] | None = None,
     system: str | None = None,
+    guard: bool = True,
 ) -> list[dict[str, str]]:
     """Chat messages for the model: system prompt (+ sources when `context` is not None),
-    then the conversation. `context=[]` means "retrieval ran and found nothing"."""
+    then the conversation. `context=[]` means "retrieval ran and found nothing". `guard`:
+    sources pass the injection guard (`RAGTUNE_INJECTION_GUARD`; training keeps the default)."""
     messages = [dict(m) for m in conversation]
     if system is not None and not (messages and messages[0]["role"] == "system"):
         messages.insert(0, {"role": "system", "content": system})
     if context is not None:
-        block = f"{CONTEXT_RULES}\n\n{format_context(context)}"
+        block = f"{CONTEXT_RULES}\n\n{format_context(context, guard)}"
         if messages and messages[0]["role"] == "system":
             messages[0]["content"] = f"{messages[0]['content']}\n\n{block}"
         else:
