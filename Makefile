@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install browser test demo bench lint clean
+.PHONY: install browser test demo bench soak lint clean
 
 install: $(STAMP)
 
@@ -45,6 +45,13 @@ bench: install
 	$(PY) bench/train.py
 	$(PY) bench/serve.py
 	$(PY) bench/route.py
+
+# Opt-in, not in `make test`: SOAK_MINUTES (30) of mixed ingest, search and chat traffic against
+# a real `ragtune serve` on loopback (bench/soak.py says what it measures; `--tiny` for the
+# server's own costs). Writes bench/results/soak.json and soak.md.
+SOAK_MINUTES ?= 30
+soak: install
+	$(PY) bench/soak.py --minutes $(SOAK_MINUTES)
 
 lint: install
 	$(VENV)/bin/ruff check .

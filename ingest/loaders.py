@@ -1,7 +1,11 @@
 """Loaders: files -> documents made of text sections with metadata.
 
 Formats: .txt .md .html/.htm .pdf .docx .jsonl .csv. A file that cannot be read raises
-`SkipFile` with the reason; the caller reports it by name and goes on with the rest.
+`SkipFile` with the reason; the caller reports it by name and goes on with the rest. Files are
+untrusted input: whatever a parser raises on a broken or hostile file becomes a `SkipFile`
+(tests/reliability/test_fuzz_loaders.py fuzzes every format), and the text that comes out is
+valid Unicode (a lone surrogate from a JSON escape becomes U+FFFD), so the store and the
+tokenizer can take it.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ import fnmatch
 import hashlib
 import io
 import json
+import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +127,10 @@ def load(path: Path, max_bytes: int, text_field: str | None = None) -> Document:
         )
     if st.st_size == 0:
         raise SkipFile("empty file")
-    data, digest = file_digest(path)
+    try:
+        data, digest = file_digest(path)
+    except OSError as e:
+        raise SkipFile(f"cannot read: {e.strerror}") from e
     ext = path.suffix.lower()
     if ext in TEXT_EXTS:
         fmt, sections, meta = ("markdown" if ext in {".md", ".markdown"} else "text"), [
@@ -139,10 +148,26 @@ def load(path: Path, max_bytes: int, text_field: str | None = None) -> Document:
         fmt, sections, meta = "csv", _csv(_decode(data), text_field), {}
     else:  # walk() filters these; a direct call gets a clear reason
         raise SkipFile(f"unsupported file type {ext!r}")
-    sections = [s for s in sections if s.text.strip()]
+    sections = [Section(_clean(s.text), _clean(s.metadata)) for s in sections if s.text.strip()]
     if not sections:
         raise SkipFile("no text found in the file")
-    return Document(str(path), digest, st.st_mtime, st.st_size, fmt, sections, meta)
+    return Document(str(path), digest, st.st_mtime, st.st_size, fmt, sections, _clean(meta))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _clean(value: Any) -> Any:
+    """`value` (text, or metadata) as the store can hold it: lone surrogates (`"\\ud800"` in
+    JSON decodes to one; UTF-8 cannot encode it) become U+FFFD, and NaN or infinite numbers in
+    metadata become strings (JSON has no NaN)."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    return value
 
 
 def _decode(data: bytes) -> str:
@@ -167,14 +192,17 @@ def _decode(data: bytes) -> str:
 def _html(text: str) -> tuple[list[Section], dict[str, Any]]:
     from bs4 import BeautifulSoup
 
-    soup = BeautifulSoup(text, "html.parser")
-    for tag in soup(["script", "style", "noscript", "template", "svg"]):
-        tag.decompose()
-    title = soup.title.get_text(strip=True) if soup.title else ""
-    if soup.title:
-        soup.title.decompose()
-    body = soup.body or soup
-    lines = (ln.strip() for ln in body.get_text("\n").splitlines())
+    try:
+        soup = BeautifulSoup(text, "html.parser")
+        for tag in soup(["script", "style", "noscript", "template", "svg"]):
+            tag.decompose()
+        title = soup.title.get_text(strip=True) if soup.title else ""
+        if soup.title:
+            soup.title.decompose()
+        body = soup.body or soup
+        lines = (ln.strip() for ln in body.get_text("\n").splitlines())
+    except Exception as e:  # the parser's own error on hostile markup: this file's problem only
+        raise SkipFile(f"unreadable HTML ({type(e).__name__}: {e})") from e
     content = "\n".join(ln for ln in lines if ln)
     meta = {"title": title} if title else {}
     return [Section(content, dict(meta))], meta
@@ -182,7 +210,6 @@ def _html(text: str) -> tuple[list[Section], dict[str, Any]]:
 
 def _pdf(data: bytes) -> list[Section]:
     from pypdf import PdfReader
-    from pypdf.errors import PyPdfError
 
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
@@ -191,7 +218,8 @@ def _pdf(data: bytes) -> list[Section]:
         pages = [Section(p.extract_text() or "", {"page": i + 1}) for i, p in enumerate(reader.pages)]
     except SkipFile:
         raise
-    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, OSError) as e:
+    except Exception as e:  # pypdf raises its own errors and zlib's, NotImplementedError,
+        # RecursionError, IndexError...: a broken or hostile file, never the caller's crash
         raise SkipFile(f"corrupt or unreadable PDF ({type(e).__name__}: {e})") from e
     if not any(s.text.strip() for s in pages):
         raise SkipFile("the PDF has no text layer (scanned?): run OCR first")
@@ -199,32 +227,31 @@ def _pdf(data: bytes) -> list[Section]:
 
 
 def _docx(data: bytes) -> list[Section]:
-    import zipfile
-
     import docx
 
     try:
         d = docx.Document(io.BytesIO(data))
-    except (zipfile.BadZipFile, KeyError, ValueError, SyntaxError) as e:  # lxml's XML errors
+        parts = [p.text for p in d.paragraphs]
+        for table in d.tables:
+            for row in table.rows:
+                parts.append(" | ".join(c.text for c in row.cells))
+    except Exception as e:  # zipfile's, zlib's, lxml's and python-docx's own errors, read lazily
         raise SkipFile(f"corrupt or unreadable .docx ({type(e).__name__}: {e})") from e
-    parts = [p.text for p in d.paragraphs]
-    for table in d.tables:
-        for row in table.rows:
-            parts.append(" | ".join(c.text for c in row.cells))
     return [Section("\n".join(parts))]
 
 
 def _pick_field(row: dict[str, Any], text_field: str | None, where: str) -> str:
+    fields = sorted(k for k in row if isinstance(k, str))  # a CSV row's extra cells: key None
     if text_field:
         if text_field not in row:
             raise SkipFile(f"{where} has no field {text_field!r} named by --text-field "
-                           f"(fields: {sorted(row)}): name one of them")
+                           f"(fields: {fields}): name one of them")
         return text_field
     for f in TEXT_FIELDS:
         if f in row:
             return f
     raise SkipFile(
-        f"{where} has none of the text fields {list(TEXT_FIELDS)} (fields: {sorted(row)}): "
+        f"{where} has none of the text fields {list(TEXT_FIELDS)} (fields: {fields}): "
         "name the field with --text-field"
     )
 
@@ -261,6 +288,8 @@ def _jsonl(text: str, text_field: str | None) -> list[Section]:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise SkipFile(f"line {n} is not valid JSON ({e.msg}): fix or remove it") from e
+            except (ValueError, RecursionError) as e:  # a 5000-digit number, nesting 10^5 deep
+                raise SkipFile(f"line {n} is not readable JSON ({e}): fix or remove it") from e
             if not isinstance(obj, dict):
                 raise SkipFile(f"line {n} is not a JSON object")
             yield n, obj

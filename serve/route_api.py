@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ragtune.platform.router import parse_requirements
 from ragtune.serve.auth import Principal
 from ragtune.serve.deps import principal, state
+from ragtune.serve.schemas import ERRORS
 
-router = APIRouter(prefix="/v1", tags=["ragtune"])
+router = APIRouter(prefix="/v1", tags=["ragtune"], responses=ERRORS)
+Text = Annotated[str, Field(min_length=1, max_length=4000, pattern=r"\S")]
 
 
 class RequirementIn(BaseModel):
-    text: str = Field(min_length=1, max_length=4000)
+    model_config = ConfigDict(strict=True)
+    text: Text
     changes: Literal["hourly", "daily", "weekly", "rarely", "never"] | None = None
     kind: Literal["fact", "style", "format", "vocabulary", "task", "policy"] | None = None
     examples: int | None = Field(None, ge=0)
@@ -26,7 +29,11 @@ class RequirementIn(BaseModel):
 
 
 class RouteRequest(BaseModel):
-    requirements: list[RequirementIn | str] = Field(min_length=1, max_length=500)
+    model_config = ConfigDict(strict=True, json_schema_extra={"examples": [
+        {"requirements": ["Prices change every week",
+                          {"text": "Answer in our brand voice.", "kind": "style", "examples": 300}],
+         "plan": True}]})
+    requirements: list[RequirementIn | Text] = Field(min_length=1, max_length=500)
     plan: bool = Field(False, description="also return the plan these decisions make")
 
 

@@ -1,5 +1,7 @@
 """Request bodies, typed: FastAPI validates them (422 in OpenAI's error shape) before any model
-work, and they make the OpenAPI schema at /docs."""
+work, and they make the OpenAPI schema at /docs. The models are strict (no `"0"` for a number, no
+`0` for `false`), so what the schema calls invalid the server refuses; and the error statuses a
+route can answer are documented with their body (`ERRORS`, `GENERATION_ERRORS`, `WRITE_ERRORS`)."""
 
 from __future__ import annotations
 
@@ -8,15 +10,57 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Mode = Literal["dense", "bm25", "hybrid"]
+STRICT = ConfigDict(strict=True)
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(description="what went wrong and what to do about it")
+    type: str = Field(description="invalid_request_error, authentication_error, permission_error, "
+                      "not_found_error, rate_limit_error, timeout_error, conflict_error, server_error")
+    param: str | None = Field(None, description="the offending field, when one is")
+    code: int = Field(description="the HTTP status")
+
+
+class ErrorResponse(BaseModel):
+    """Every error, in OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+def _error(why: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": why}
+
+
+# What a route may answer besides its success (FastAPI's `responses=`), for /docs and clients.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("bad input the schema cannot express (a name's characters, a prompt over the "
+                "context window, an option this server does not have)"),
+    401: _error("no API key, or one this server does not know"),
+    403: _error("the key lacks the scope, or may not use this collection or adapter"),
+    404: _error("no such model, adapter, collection, document or job"),
+    413: _error("the request body is over RAGTUNE_MAX_UPLOAD_MB"),
+    422: _error("the request does not match this schema"),
+    500: _error("a file of a collection or adapter is damaged (the message names it)"),
+    503: _error("the server is shutting down: retry on another replica or once it restarted"),
+}
+GENERATION_ERRORS: dict[int | str, dict[str, Any]] = {
+    429: _error("the generation queue is full: retry after the Retry-After header's seconds"),
+    504: _error("the generation took longer than RAGTUNE_REQUEST_TIMEOUT and was cancelled"),
+}
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    409: _error("another writer holds the collection's lock: retry when it is done"),
+    507: _error("the disk is full: nothing was changed"),
+}
 
 
 class TextPart(BaseModel):
+    model_config = STRICT
     type: Literal["text"]
     text: str
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
 
@@ -27,7 +71,7 @@ class Message(BaseModel):
 
 
 class JsonSchemaSpec(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True, strict=True)
     name: str = "response"
     description: str | None = None
     schema_: dict[str, Any] = Field(alias="schema")
@@ -35,12 +79,15 @@ class JsonSchemaSpec(BaseModel):
 
 
 class ResponseFormat(BaseModel):
+    model_config = STRICT
     type: Literal["text", "json_object", "json_schema"] = "text"
     json_schema: JsonSchemaSpec | None = None
 
 
 class RagSpec(BaseModel):
     """Retrieval for this request (ragtune's extension; the openai SDK sends it via extra_body)."""
+
+    model_config = STRICT
 
     collection: str = Field(min_length=1, max_length=64)
     k: int = Field(5, ge=1, le=50)
@@ -49,11 +96,15 @@ class RagSpec(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = STRICT
     include_usage: bool = False
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra={"examples": [
+        {"model": "base", "max_tokens": 16,
+         "messages": [{"role": "user", "content": "How much does the Basic plan cost?"}],
+         "rag": {"collection": "docs", "k": 2}}]})
     model: str = Field(min_length=1, max_length=200)
     messages: list[Message] = Field(min_length=1, max_length=256)
     temperature: float | None = Field(None, ge=0, le=2, description="default 0 (greedy)")
@@ -82,7 +133,8 @@ class ChatRequest(BaseModel):
 
 
 class EmbeddingsRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra={"examples": [
+        {"model": "default", "input": ["refund policy", "shipping times"]}]})
     model: str = Field("default", max_length=200)
     input: str | list[str] = Field(description="one text or a list of up to 2048 texts")
     encoding_format: Literal["float", "base64"] = "float"
@@ -97,6 +149,8 @@ class EmbeddingsRequest(BaseModel):
 
 
 class SearchRequest(BaseModel):
+    model_config = ConfigDict(strict=True, json_schema_extra={"examples": [
+        {"query": "How much does the Basic plan cost?", "k": 3, "mode": "hybrid"}]})
     query: str = Field(min_length=1, max_length=10_000)
     k: int = Field(5, ge=1, le=100)
     mode: Mode = "dense"

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
 from ragtune.platform.errors import NotFoundError
 from ragtune.serve.auth import Principal
 from ragtune.serve.deps import principal, state
+from ragtune.serve.schemas import ERRORS
 
 router = APIRouter()
 UI = Path(__file__).resolve().parent / "ui"
@@ -27,6 +29,8 @@ UI = Path(__file__).resolve().parent / "ui"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
+# An adapter's name (the registry's rule), optionally @ a version or alias.
+ADAPTER_REF = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@[A-Za-z0-9_.-]{1,64})?$"
 
 
 def _file(name: str, media_type: str) -> FileResponse:
@@ -84,8 +88,8 @@ def _metrics(card: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/adapters/{name}", tags=["ragtune"])
-def show_adapter(name: str, request: Request,
+@router.get("/v1/adapters/{name}", tags=["ragtune"], responses=ERRORS)
+def show_adapter(request: Request, name: str = PathParam(pattern=ADAPTER_REF),
                  who: Principal = Depends(principal)) -> dict[str, Any]:
     """One adapter's versions, newest first, each with its key metrics, loss history and full
     training card (`name@v2` or `name@production` narrows it to that version)."""

@@ -3,7 +3,9 @@
 Formats, detected per line: OpenAI chat fine-tuning (`{"messages": [...]}`),
 `{"prompt", "completion"}`, and Alpaca (`{"instruction", "input", "output"}`).
 Everything becomes a list of chat messages. Problems are reported by line; `strict` turns
-them into an error before any training starts.
+them into an error before any training starts. The file is untrusted input: whatever a line
+holds (wrong types, nesting 10^5 deep, a 5000-digit number, a lone surrogate) is a problem on
+that line or a `RagtuneError`, never a crash (tests/reliability/test_fuzz_loaders.py fuzzes it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ragtune.platform.errors import RagtuneError
 from ragtune.platform.prompt import render
 
 ROLES = {"system", "user", "assistant"}
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -61,6 +64,18 @@ class DataReport:
                 "train": len(self.train), "val": len(self.val)}
 
 
+def _text(obj: dict[str, Any], key: str) -> str:
+    """The text of field `key`: a string (a number is taken as its digits, null as empty)."""
+    value = obj.get(key)
+    if value is None:
+        return ""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"'{key}' must be text, not {type(value).__name__}")
+    return value
+
+
 def to_messages(obj: Any) -> tuple[str, list[dict[str, str]]]:
     """(format name, messages) for one parsed line; ValueError with the reason otherwise."""
     if not isinstance(obj, dict):
@@ -73,7 +88,7 @@ def to_messages(obj: Any) -> tuple[str, list[dict[str, str]]]:
         for i, m in enumerate(msgs):
             if not isinstance(m, dict) or "role" not in m:
                 raise ValueError(f"message {i} has no 'role'")
-            if m["role"] not in ROLES:
+            if not isinstance(m["role"], str) or m["role"] not in ROLES:
                 raise ValueError(f"message {i} has unknown role {m['role']!r} (use {sorted(ROLES)})")
             content = m.get("content")
             if not isinstance(content, str) or not content.strip():
@@ -81,15 +96,15 @@ def to_messages(obj: Any) -> tuple[str, list[dict[str, str]]]:
             out.append({"role": m["role"], "content": content})
         fmt = "chat"
     elif "prompt" in obj and "completion" in obj:
-        out = [{"role": "user", "content": str(obj["prompt"] or "")},
-               {"role": "assistant", "content": str(obj["completion"] or "")}]
+        out = [{"role": "user", "content": _text(obj, "prompt")},
+               {"role": "assistant", "content": _text(obj, "completion")}]
         fmt = "prompt-completion"
     elif "instruction" in obj and "output" in obj:
-        user = str(obj["instruction"] or "")
-        if obj.get("input"):
-            user = f"{user}\n\n{obj['input']}"
+        user, extra = _text(obj, "instruction"), _text(obj, "input")
+        if extra:
+            user = f"{user}\n\n{extra}"
         out = [{"role": "user", "content": user},
-               {"role": "assistant", "content": str(obj["output"] or "")}]
+               {"role": "assistant", "content": _text(obj, "output")}]
         fmt = "alpaca"
     else:
         raise ValueError(
@@ -98,6 +113,9 @@ def to_messages(obj: Any) -> tuple[str, list[dict[str, str]]]:
     for m in out:
         if not m["content"].strip():
             raise ValueError(f"{m['role']} content is empty")
+        if _SURROGATE.search(m["content"]):
+            raise ValueError(f"{m['role']} content holds a lone surrogate (a \\ud800-\\udfff "
+                             "escape without its pair), which is not text: fix the escape")
     if not any(m["role"] == "assistant" for m in out):
         raise ValueError("no assistant turn: nothing to learn from")
     if out[-1]["role"] != "assistant":
@@ -142,8 +160,11 @@ def load_examples(
         except json.JSONDecodeError as e:
             report.problems.append((n, f"bad JSON: {e.msg} at column {e.colno}"))
             continue
-        except ValueError as e:
+        except ValueError as e:  # also json's own: a number over 4300 digits
             report.problems.append((n, str(e)))
+            continue
+        except RecursionError:
+            report.problems.append((n, "bad JSON: nested too deeply"))
             continue
         length = len(tokenizer(render(tokenizer, messages), add_special_tokens=False).input_ids)
         if length > max_seq_len:
