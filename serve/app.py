@@ -28,6 +28,7 @@ from ragtune.serve.auth import ACCESS, LOOPBACK, Keys
 from ragtune.serve.deps import ServerState, principal, state
 from ragtune.serve.jobs import Jobs
 from ragtune.serve.metrics import Metrics
+from ragtune.serve.schemas import ERRORS
 
 GRACE_SECONDS = 30  # how long in-flight requests may take to finish after a stop signal
 ALWAYS_OPEN = ("/healthz",)  # answered while draining: the process is still up
@@ -128,7 +129,7 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
         if owns_engine:
             engine.close()
 
-    app = FastAPI(title="ragtune", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="ragtune", version=_version(), lifespan=lifespan, responses=ERRORS,
                   description="Facts go in the index, behaviour goes in the adapter: an "
                   "OpenAI-compatible assistant with retrieval and LoRA adapters.")
     app.state.ragtune = ServerState(settings, engine, Assistant(engine, settings), keys,
@@ -191,7 +192,9 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
         return JSONResponse({"status": "ready" if ok else "not ready", "model": eng.model_name,
                              "queue_depth": eng.queue_depth()}, status_code=200 if ok else 503)
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], response_class=Response, responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+              "description": "Prometheus text format"}})
     def prometheus(request: Request) -> Response:
         """Prometheus metrics (needs the admin scope when keys exist)."""
         principal(request)  # the ACCESS rule: admin

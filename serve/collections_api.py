@@ -24,7 +24,7 @@ from ragtune.platform.errors import NotFoundError, RagtuneError, TooLargeError
 from ragtune.platform.files import write_json
 from ragtune.serve.auth import Principal
 from ragtune.serve.deps import principal, state
-from ragtune.serve.schemas import SearchRequest
+from ragtune.serve.schemas import WRITE_ERRORS, SearchRequest
 
 router = APIRouter(prefix="/v1", tags=["ragtune"])
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -132,7 +132,7 @@ def _keep_upload(incoming: Path, original: str, kept: Path, job: dict) -> Path:
     return dest
 
 
-@router.post("/collections/{name}/documents", status_code=202)
+@router.post("/collections/{name}/documents", status_code=202, responses=WRITE_ERRORS)
 async def upload_documents(name: str, request: Request,
                            files: list[UploadFile] = File(..., description="documents"),
                            who: Principal = Depends(principal)) -> Any:
@@ -173,7 +173,7 @@ async def upload_documents(name: str, request: Request,
     return JSONResponse(rec, status_code=202)
 
 
-@router.delete("/collections/{name}/documents/{doc}")
+@router.delete("/collections/{name}/documents/{doc}", responses=WRITE_ERRORS)
 def delete_document(name: str, doc: str, request: Request,
                     who: Principal = Depends(principal)) -> dict[str, Any]:
     """Delete one document by its id (from GET /v1/collections/{name}) or its source path."""
@@ -212,7 +212,7 @@ def list_adapters(request: Request, who: Principal = Depends(principal)) -> dict
     return {"object": "list", "data": rows}
 
 
-@router.post("/adapters", status_code=202)
+@router.post("/adapters", status_code=202, responses=WRITE_ERRORS)
 async def train_adapter(request: Request,
                         file: UploadFile = File(..., description="training data (.jsonl)"),
                         name: str = Form(...), epochs: int | None = Form(None),

@@ -131,3 +131,32 @@ def _closer_tiers(tokenizer: Any, vocab_size: int) -> dict[str, list[torch.Tenso
                       tier(lambda s: s.lstrip()[:1] == '"'),
                       tier(lambda s: s.lstrip()[:1] in (",", ":"))],
     }
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+def check_json_schema(schema: Any) -> dict[str, Any]:
+    """A `response_format` JSON Schema checked before any model work: a valid schema of its
+    own draft, with no `$ref` outside itself (nothing is fetched). Bad ones are a 400."""
+    import jsonschema
+
+    if not isinstance(schema, dict):
+        raise RagtuneError("response_format json_schema.schema must be a JSON object (a schema)")
+    outside = [r for r in _refs(schema) if not r.startswith("#")]
+    if outside:
+        raise RagtuneError(f"response_format json_schema: $ref {outside[0]!r} points outside the "
+                           "schema (nothing is fetched): inline it, or use a local '#/...' reference")
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "the top level"
+        raise RagtuneError(f"response_format json_schema is not a valid JSON Schema: {e.message} "
+                           f"(at {where}): fix the schema") from None
+    return schema

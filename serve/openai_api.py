@@ -19,7 +19,8 @@ from ragtune.platform.errors import GenerationTimeout, NotFoundError, RagtuneErr
 from ragtune.platform.types import GenEvent, GenParams
 from ragtune.serve.auth import Principal
 from ragtune.serve.deps import principal, state
-from ragtune.serve.schemas import ChatRequest, EmbeddingsRequest
+from ragtune.serve.grammar import check_json_schema
+from ragtune.serve.schemas import GENERATION_ERRORS, ChatRequest, EmbeddingsRequest
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -30,7 +31,7 @@ def _params(body: ChatRequest, settings: Any) -> GenParams:
     if fmt == "json_schema":
         if body.response_format.json_schema is None:
             raise RagtuneError("response_format json_schema needs json_schema.schema")
-        schema = body.response_format.json_schema.schema_
+        schema = check_json_schema(body.response_format.json_schema.schema_)
     return GenParams(
         max_tokens=body.max_completion_tokens or body.max_tokens or settings.max_tokens,
         temperature=body.temperature or 0.0, top_p=body.top_p or 1.0, stop=list(body.stop or []),
@@ -47,10 +48,11 @@ def _json_valid(text: str, params: GenParams) -> bool:
     if params.json_schema is None:
         return isinstance(value, dict)
     import jsonschema
+    from referencing.exceptions import Unresolvable
 
     try:
         jsonschema.validate(value, params.json_schema)
-    except jsonschema.ValidationError:
+    except (jsonschema.ValidationError, jsonschema.SchemaError, Unresolvable):
         return False
     return True
 
@@ -75,7 +77,10 @@ async def _until_disconnect(request: Request, handle: Any) -> None:
     handle.cancel()
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", responses={**GENERATION_ERRORS, 200: {
+    "description": "a chat.completion, or with `stream: true` server-sent chat.completion.chunk events",
+    "content": {"text/event-stream": {"schema": {"description": "one chat.completion.chunk per "
+                                                 "`data:` event, then `data: [DONE]`"}}}}})
 async def chat_completions(body: ChatRequest, request: Request,
                            who: Principal = Depends(principal)) -> Any:
     """OpenAI chat completions; `rag: {collection, k, mode, where}` adds retrieval and

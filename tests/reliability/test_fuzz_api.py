@@ -273,12 +273,6 @@ def test_the_fuzzer_reached_every_operation_and_generated(fuzzed, fuzz_run):
     assert fuzz_run.statuses[f"POST {CHAT}"][200] >= 10  # real generations, not only refusals
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the app must document its error statuses and content types: FastAPI(responses=ERRORS) in "
-    "serve/app.py (or responses=ERRORS on the routers in openai_api.py and collections_api.py), "
-    "GENERATION_ERRORS on POST /v1/chat/completions, WRITE_ERRORS on the upload, delete and "
-    "training routes, text/event-stream on chat and text/plain on /metrics (serve/schemas.py "
-    "holds ERRORS, GENERATION_ERRORS and WRITE_ERRORS); remove this mark once done"))
 def test_every_status_and_content_type_is_documented(fuzzed, fuzz_run):
     """Every (status, content type) the fuzzer saw is in the operation's documented responses
     (what schemathesis's status_code_conformance and content_type_conformance check)."""
@@ -302,15 +296,6 @@ def test_every_status_and_content_type_is_documented(fuzzed, fuzz_run):
     assert not gaps, "\n".join(gaps)
 
 
-KNOWN_FAILURE = pytest.mark.xfail(strict=True, reason=(
-    "known failure, found by this fuzzer: a JSON Schema that xgrammar compiles (a remote $ref, "
-    "which it only warns about; `required` naming a field twice) but jsonschema cannot apply: "
-    "the model generates, then serve/openai_api.py's _json_valid calls jsonschema.validate, "
-    "which raises referencing's Unresolvable or jsonschema.SchemaError (not a ValidationError): "
-    "500, and a stream cut before its last chunk and [DONE]. Fix there: check the schema before "
-    "any model work (jsonschema.validators.validator_for(s).check_schema(s), and no $ref that "
-    "does not start with '#') and answer 400; in _json_valid also catch SchemaError and "
-    "Unresolvable (the answer counts as not valid); then remove this mark"))
 INVALID_SCHEMAS = {
     "missing-ref": {"$ref": "#/$defs/missing"},
     "unknown-type": {"type": "bogus"},
@@ -322,11 +307,9 @@ INVALID_SCHEMAS = {
 
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("schema", [pytest.param(v, id=k) for k, v in INVALID_SCHEMAS.items()] + [
-    pytest.param({"$ref": "http://example.com/s.json"}, id="known-failure-remote-ref",
-                 marks=KNOWN_FAILURE),
+    pytest.param({"$ref": "http://example.com/s.json"}, id="remote-ref"),
     pytest.param({"type": "object", "properties": {"a": {"type": "integer"}},
-                  "required": ["a", "a"]}, id="known-failure-duplicate-required",
-                 marks=KNOWN_FAILURE)])
+                  "required": ["a", "a"]}, id="duplicate-required")])
 def test_an_invalid_json_schema_gets_no_5xx(fuzzed, schema, stream):
     """A `response_format` JSON Schema that jsonschema cannot apply is bad input: 4xx before
     any model work (or, at the least, no 5xx and a whole stream)."""
