@@ -45,6 +45,7 @@ bench: install
 	$(PY) bench/train.py
 	$(PY) bench/serve.py
 	$(PY) bench/route.py
+	$(PY) bench/injection.py
 
 # Opt-in, not in `make test`: SOAK_MINUTES (30) of mixed ingest, search and chat traffic against
 # a real `ragtune serve` on loopback (bench/soak.py says what it measures; `--tiny` for the
