@@ -189,12 +189,26 @@ def _decode(data: bytes) -> str:
         ) from e
 
 
+_HIDDEN_STYLE = re.compile(
+    r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0(?![.\d])|opacity\s*:\s*0(?![.\d])",
+    re.I)
+
+
+def _hidden(tag: Any) -> bool:
+    """An element the browser does not show (`hidden`, `aria-hidden`, an inline style)."""
+    attrs = getattr(tag, "attrs", None) or {}
+    return ("hidden" in attrs or str(attrs.get("aria-hidden", "")).lower() == "true"
+            or bool(_HIDDEN_STYLE.search(str(attrs.get("style", "")))))
+
+
 def _html(text: str) -> tuple[list[Section], dict[str, Any]]:
     from bs4 import BeautifulSoup
 
     try:
         soup = BeautifulSoup(text, "html.parser")
         for tag in soup(["script", "style", "noscript", "template", "svg"]):
+            tag.decompose()
+        for tag in soup.find_all(_hidden):  # text a reader never sees: a prompt-injection vector
             tag.decompose()
         title = soup.title.get_text(strip=True) if soup.title else ""
         if soup.title:
