@@ -211,15 +211,26 @@ class Store:
                 db.close()
 
     def index_file(self, db: sqlite3.Connection) -> Path | None:
-        """The committed generation's vectors file (named in the same transaction as the rows)."""
+        """The committed generation's vectors file (named in the same transaction as the rows).
+
+        Collections written before the name was recorded used `index.<generation>.faiss`."""
         name = self.get_meta(db, "index_file")
-        return self.folder / name if name else None
+        if name:
+            return self.folder / name
+        gen = int(self.get_meta(db, "generation", 0))
+        legacy = self.folder / f"index.{gen}.faiss"
+        return legacy if gen and legacy.exists() else None
 
     def load_index(self, db: sqlite3.Connection, dim: int) -> faiss.IndexIDMap2:
         """The committed generation's vectors, checked against what chunks.db recorded: the
         file's checksum, its vector count and dimension. Never a misaligned id -> chunk map."""
         path = self.index_file(db)
         if path is None:
+            rows = db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+            if rows:  # never an empty index over stored chunks: searches would find nothing
+                raise DamagedError(
+                    f"{self.db_path} holds {rows} chunks but names no vectors file"
+                    f"{faiss_index.repair_hint(self.db_path)}")
             return faiss_index.new_index("flat", dim)
         try:
             index = faiss_index.read(path, self.get_meta(db, "index_sha256"))
@@ -364,7 +375,8 @@ class Writer:
         self.store = store
         self.db = store.connect()
         self.gen = store.generation(self.db)
-        self.index_name = store.get_meta(self.db, "index_file")
+        current = store.index_file(self.db)
+        self.index_name = current.name if current else None
         self.meta_embedder = store.get_meta(self.db, "embedder")
         self.kind = store.get_meta(self.db, "index_type", "flat")
         self.index: faiss.IndexIDMap2 | None = None

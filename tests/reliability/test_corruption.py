@@ -125,3 +125,25 @@ def test_the_cli_checks_and_repairs(col, tiny_settings):
     assert fixed.exit_code == 0 and "repaired hurt" in fixed.output, fixed.output
     again = runner.invoke(app, ["collections", "check", "hurt", "--json"])
     assert again.exit_code == 0 and json.loads(again.output)["ok"] is True
+
+
+def test_a_collection_from_before_the_index_file_was_recorded_still_loads(col, tiny_settings):
+    """Early collections named their vectors `index.<generation>.faiss` and recorded no name:
+    they load (and the next write adopts them); chunks without any vectors file are damage."""
+    hits = [h.chunk_id for h in col.search(QUERY, k=3)]
+    col.close()
+    current, _ = _index_file(col)
+    db = col.store.connect()
+    gen = col.store.generation(db)
+    db.execute("DELETE FROM meta WHERE key IN ('index_file', 'index_sha256', 'previous_index_file')")
+    db.close()
+    current.rename(current.with_name(f"index.{gen}.faiss"))
+    old = Collection.open("hurt", tiny_settings)
+    assert [h.chunk_id for h in old.search(QUERY, k=3)] == hits
+    assert old.repair()["generation"] == gen + 1 and old.check().ok  # a write adopts it
+    old.close()
+    db = col.store.connect()
+    db.execute("DELETE FROM meta WHERE key='index_file'")
+    db.close()
+    with pytest.raises(DamagedError, match="names no vectors file.*repair hurt"):
+        Collection.open("hurt", tiny_settings).search(QUERY, k=3)
