@@ -190,6 +190,10 @@ async def chat_completions(body: ChatRequest, request: Request,
                 if include_usage:
                     yield (f"data: {json.dumps({'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': ref.label, 'choices': [], 'usage': answer.usage})}\n\n")  # noqa: E501
                 yield "data: [DONE]\n\n"
+            except RagtuneError as e:  # a backend's error after the stream began: say it, end it
+                err = {"message": str(e), "type": e.kind}
+                yield f"data: {json.dumps({'error': err})}\n\n"
+                yield "data: [DONE]\n\n"
             finally:
                 if handle is not None:
                     handle.cancel()  # a client that went away stops its generation
