@@ -386,12 +386,31 @@ def serve(
     host: Annotated[str, typer.Option(help="address to bind (non-loopback needs API keys)")
                     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
+    backend: Annotated[str | None, typer.Option(
+        help="who generates: transformers (in-process, default) or vllm (RAGTUNE_BACKEND)")
+                       ] = None,
+    vllm_url: Annotated[str | None, typer.Option(
+        help="the vLLM OpenAI server for --backend vllm (RAGTUNE_VLLM_URL)")] = None,
+    vllm_start: Annotated[bool, typer.Option(
+        "--vllm-start", help="start `vllm serve` for the generator, LoRA on (needs vllm, a GPU)")
+                          ] = False,
 ) -> None:
     """Serve the OpenAI-compatible API (chat with adapters and retrieval, embeddings,
     collections, adapters, jobs, metrics); docs at /docs."""
+    from ragtune.platform.settings import get_settings
     from ragtune.serve.app import serve as run
+    from ragtune.serve.backend import BACKENDS
 
-    run(_settings(), host, port)
+    overrides: dict[str, object] = {}
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise RagtuneError(f"--backend {backend!r} is unknown: use {' or '.join(BACKENDS)}")
+        overrides["backend"] = backend
+    if vllm_url is not None:
+        overrides["vllm_url"] = vllm_url
+    if vllm_start:
+        overrides.update(backend="vllm", vllm_start=True)
+    run(get_settings(**overrides) if overrides else _settings(), host, port)
 
 
 @keys_app.command("create")

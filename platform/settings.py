@@ -74,6 +74,37 @@ class Settings(BaseSettings):
         "(platform/guard.py); off only to measure what it does"
     )
 
+    # -- the generation backend (serve/backend.py) ------------------------------------------
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="who generates: the in-process transformers+peft engine, or "
+        "a vLLM OpenAI server (retrieval, prompts, citations, routing and auth stay in ragtune)"
+    )
+    vllm_url: str = Field(
+        "http://127.0.0.1:8001", description="the vLLM OpenAI server, with --backend vllm"
+    )
+    vllm_model: str | None = Field(
+        None, description="the name vLLM serves the base model under (default: the first base "
+        "model its /v1/models lists)"
+    )
+    vllm_api_key: str | None = Field(None, description="the key vLLM was started with (--api-key)")
+    vllm_start: bool = Field(
+        False, description="start `vllm serve` for the generator as a subprocess (needs the vllm "
+        "package and a GPU on this machine)"
+    )
+    vllm_adapters_dir: Path | None = Field(
+        None, description="the adapters folder as the vLLM server sees it, when it is not the "
+        "same path as here (a shared volume mounted elsewhere)"
+    )
+    vllm_max_loras: int = Field(4, ge=1, description="--max-loras for a started vLLM")
+    vllm_max_lora_rank: int = Field(64, ge=1, description="--max-lora-rank for a started vLLM")
+    vllm_max_inflight: int = Field(
+        256, ge=1, description="requests ragtune keeps open against vLLM at once; beyond: 429"
+    )
+    vllm_structured: Literal["structured_outputs", "guided"] = Field(
+        "structured_outputs", description="how JSON modes reach vLLM: `structured_outputs` "
+        "(vLLM >= 0.10.2) or the older `guided_json` fields (removed in vLLM 0.12)"
+    )
+
     @field_validator("chunk_overlap")
     @classmethod
     def _overlap_smaller(cls, v: int, info) -> int:  # noqa: ANN001

@@ -101,7 +101,8 @@ class BodyLimit:
 
 
 def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") -> FastAPI:
-    """The app for `settings`. `engine` defaults to the in-process transformers engine."""
+    """The app for `settings`. `engine` defaults to the backend `settings.backend` names (the
+    in-process transformers engine, or vLLM: serve/backend.py)."""
     from ragtune.serve import collections_api, openai_api, route_api, ui_api
 
     keys = Keys(settings.keys_file)
@@ -115,9 +116,9 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
                       "(create keys with `ragtune keys create`)", stacklevel=2)
     owns_engine = engine is None
     if owns_engine:
-        from ragtune.serve.engine import Engine
+        from ragtune.serve.backend import create_backend
 
-        engine = Engine(settings)
+        engine = create_backend(settings)
     metrics = Metrics(engine.queue_depth, lambda: engine.running)
 
     @asynccontextmanager
@@ -186,7 +187,8 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
 
     @app.get("/readyz", tags=["ops"])
     def readyz(request: Request) -> JSONResponse:
-        """The generation worker is running and the queue has room (503 while draining)."""
+        """The generation backend answers (the in-process worker runs, or the vLLM server is
+        reachable); 503 otherwise and while draining."""
         eng = state(request).engine
         ok = eng.ready()
         return JSONResponse({"status": "ready" if ok else "not ready", "model": eng.model_name,
