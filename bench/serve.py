@@ -2,11 +2,14 @@
 process, the official openai client) against a plain `model.generate` of the same prompt.
 
     python bench/serve.py            # `make bench`; needs `ragtune models import` once
+    python bench/serve.py --backend vllm   # transformers vs vLLM backend, in one run (GPU + vllm)
 
 Reports: time to first token and decode tokens/s through the API vs `generate` (target: API
 overhead <= 1.15x); throughput with 8 concurrent clients vs one at a time (target >= 4x);
 p50/p99 end-to-end latency of a RAG question; the server's resident memory.
 Writes bench/results/serve.json and serve.md. Targets are reported, never asserted in tests.
+With `--backend vllm` the API figures are measured for both backends, one after the other, and
+compared in bench/results/serve_vllm.json and serve_vllm.md.
 """
 
 from __future__ import annotations
@@ -103,40 +106,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--rag", type=int, default=20, help="RAG questions for the latency figures")
-    args = ap.parse_args()
+def serve_and_measure(args: argparse.Namespace, env: dict, extra: list[str]) -> dict:
+    """Start `ragtune serve` (plus `extra` options, e.g. the backend) and measure it: streamed
+    ttft and decode rate, sequential vs concurrent throughput, RAG latency, resident memory."""
     import openai
     import psutil
 
-    env = {**os.environ}
-    subprocess.run([sys.executable, "-m", "ragtune.cli", "ingest", str(REPO / "samples" / "acme"),
-                    "-c", "acme"], check=True, env=env, capture_output=True)
-    base = plain_generate(args.tokens, args.reps)
-    print(f"generate: ttft {base['ttft_s'] * 1000:.0f} ms, {base['decode_tok_s']:.1f} tok/s",
-          flush=True)
-
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "ragtune.cli", "serve", "--port", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen([sys.executable, "-m", "ragtune.cli", "serve", "--port", str(port),
+                               *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
                                max_retries=0, timeout=600)
-        for _ in range(600):
+        deadline = time.monotonic() + args.start_timeout  # a started vLLM takes minutes
+        while True:
+            if server.poll() is not None:
+                raise SystemExit(f"ragtune serve {' '.join(extra)} exited: "
+                                 f"{server.stderr.read().decode()[-3000:]}")
             try:
                 client.models.list()
                 break
             except openai.APIConnectionError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"ragtune serve {' '.join(extra)} did not start") from None
                 time.sleep(0.2)
         api_stream(client, 8)  # warm-up
         runs = [api_stream(client, args.tokens) for _ in range(args.reps)]
         api = {"ttft_s": statistics.median(r[0] for r in runs),
                "decode_tok_s": statistics.median(r[1] for r in runs), "tokens": runs[0][2]}
-        print(f"API: ttft {api['ttft_s'] * 1000:.0f} ms, {api['decode_tok_s']:.1f} tok/s", flush=True)
+        print(f"API {' '.join(extra)}: ttft {api['ttft_s'] * 1000:.0f} ms, "
+              f"{api['decode_tok_s']:.1f} tok/s", flush=True)
 
         def one(i: int, out: list) -> None:
             r = client.chat.completions.create(
@@ -176,7 +175,42 @@ def main() -> None:
         print(f"RAG: p50 {p50:.2f}s p99 {p99:.2f}s; server RSS {rss:.0f} MiB", flush=True)
     finally:
         server.terminate()
-        server.wait(timeout=60)
+        server.wait(timeout=120)
+    return {"api": api,
+            "throughput": {"clients": args.clients, "sequential_tok_s": seq_rate,
+                           "concurrent_tok_s": conc_rate, "speedup": conc_rate / seq_rate},
+            "rag_latency_s": {"p50": p50, "p99": p99, "n": args.rag, "answers_with_citation": cited},
+            "server_rss_mib": rss}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--rag", type=int, default=20, help="RAG questions for the latency figures")
+    ap.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
+                    help="vllm: measure the transformers backend and the vLLM backend in one run "
+                    "(needs a GPU and vllm; see bench/gpu_check_vllm.sh)")
+    ap.add_argument("--vllm-url", help="an already running vLLM server (default: --vllm-start)")
+    ap.add_argument("--start-timeout", type=float, default=900.0,
+                    help="seconds a server may take to answer (a started vLLM loads and compiles)")
+    args = ap.parse_args()
+
+    env = {**os.environ}
+    subprocess.run([sys.executable, "-m", "ragtune.cli", "ingest", str(REPO / "samples" / "acme"),
+                    "-c", "acme"], check=True, env=env, capture_output=True)
+    if args.backend == "vllm":
+        compare_backends(args, env)
+        return
+    base = plain_generate(args.tokens, args.reps)
+    print(f"generate: ttft {base['ttft_s'] * 1000:.0f} ms, {base['decode_tok_s']:.1f} tok/s",
+          flush=True)
+    run = serve_and_measure(args, env, [])
+    api, t = run["api"], run["throughput"]
+    seq_rate, conc_rate = t["sequential_tok_s"], t["concurrent_tok_s"]
+    p50, p99 = run["rag_latency_s"]["p50"], run["rag_latency_s"]["p99"]
+    cited, rss = run["rag_latency_s"]["answers_with_citation"], run["server_rss_mib"]
 
     result = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -184,9 +218,8 @@ def main() -> None:
         "generate": base, "api": api,
         "api_overhead": {"ttft": api["ttft_s"] / base["ttft_s"],
                          "decode": base["decode_tok_s"] / api["decode_tok_s"]},
-        "throughput": {"clients": args.clients, "sequential_tok_s": seq_rate,
-                       "concurrent_tok_s": conc_rate, "speedup": conc_rate / seq_rate},
-        "rag_latency_s": {"p50": p50, "p99": p99, "n": args.rag, "answers_with_citation": cited},
+        "throughput": t,
+        "rag_latency_s": run["rag_latency_s"],
         "server_rss_mib": rss,
         "targets": {"api_overhead_max": 1.15, "concurrency_speedup_min": 4.0},
     }
@@ -210,6 +243,41 @@ def main() -> None:
         f"| server resident memory | {rss:.0f} MiB |",
     ]
     (RESULTS / "serve.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+def compare_backends(args: argparse.Namespace, env: dict) -> None:
+    """The same API measurements on the transformers backend, then on vLLM (one at a time: a
+    started vLLM takes most of the GPU's memory). Writes serve_vllm.json and serve_vllm.md."""
+    import torch
+
+    tf = serve_and_measure(args, env, ["--backend", "transformers"])
+    extra = ["--backend", "vllm"] + (["--vllm-url", args.vllm_url] if args.vllm_url
+                                     else ["--vllm-start"])
+    vl = serve_and_measure(args, env, extra)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "gpu": gpu},
+              "transformers": tf, "vllm": vl,
+              "vllm_vs_transformers": {
+                  "concurrent_throughput": vl["throughput"]["concurrent_tok_s"]
+                  / tf["throughput"]["concurrent_tok_s"],
+                  "ttft": vl["api"]["ttft_s"] / tf["api"]["ttft_s"],
+                  "rag_p50": vl["rag_latency_s"]["p50"] / tf["rag_latency_s"]["p50"]}}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "serve_vllm.json").write_text(json.dumps(result, indent=2))
+    r = result["vllm_vs_transformers"]
+    md = [f"GPU: {gpu}", "", "| measure | transformers backend | vLLM backend | vLLM / transformers |",
+          "|---|---|---|---|",
+          f"| time to first token | {tf['api']['ttft_s'] * 1000:.0f} ms | "
+          f"{vl['api']['ttft_s'] * 1000:.0f} ms | {r['ttft']:.2f}x |",
+          f"| decode tokens/s (one stream) | {tf['api']['decode_tok_s']:.1f} | "
+          f"{vl['api']['decode_tok_s']:.1f} | |",
+          f"| throughput, {args.clients} concurrent clients | "
+          f"{tf['throughput']['concurrent_tok_s']:.1f} tok/s | "
+          f"{vl['throughput']['concurrent_tok_s']:.1f} tok/s | {r['concurrent_throughput']:.2f}x |",
+          f"| RAG p50 latency | {tf['rag_latency_s']['p50']:.2f} s | "
+          f"{vl['rag_latency_s']['p50']:.2f} s | {r['rag_p50']:.2f}x |"]
+    (RESULTS / "serve_vllm.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 
