@@ -528,6 +528,39 @@ def collections_repair(name: str, as_json: JsonOpt = False) -> None:
                "re-embedded")
 
 
+@collections_app.command("migrate")
+def collections_migrate(
+    name: str,
+    to: Annotated[str, typer.Option("--to", help="milvus://PATH.db (Milvus Lite), milvus://host:19530 "
+                                    "(a server; RAGTUNE_MILVUS_TOKEN), or milvus:// for "
+                                    "<collection>/milvus.db")],
+    samples: Annotated[int, typer.Option(help="stored chunk texts searched on both stores")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move a FAISS collection's vectors to Milvus: copy them with their chunk ids and payload,
+    compare counts and the top-5 ids of sample searches, and switch only when they match
+    (exit 1 otherwise, the collection unchanged). The FAISS files stay in the folder."""
+    from ragtune.ingest.collection import Collection
+    from ragtune.ingest.milvus_store import migrate
+
+    report = migrate(Collection.open(name, _settings(), create=False), to, samples=samples)
+    if as_json:
+        _out(report)
+    else:
+        typer.echo(f"{name}: {report['chunks']} chunks; vectors faiss {report['faiss_vectors']}, "
+                   f"milvus {report['milvus_vectors']}")
+        for s in report["samples"]:
+            mark = "=" if s["overlap"] == 1 else "~"
+            typer.echo(f"  {mark} top-5 faiss {s['faiss']} milvus {s['milvus']}  {s['text']!r}")
+        typer.echo(f"mean top-5 overlap {report['mean_overlap']:.2f} (required "
+                   f"{report['required_overlap']:.2f}): " + (
+                       f"migrated to {report['to']['uri']} (collection {report['to']['collection']}), "
+                       f"generation {report['generation']}" if report["ok"] else
+                       "NOT migrated, the collection still uses FAISS"))
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
 @collections_app.command("drop")
 def collections_drop(
     name: str,

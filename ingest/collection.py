@@ -26,6 +26,7 @@ from ragtune.ingest.bm25 import BM25Index, reciprocal_rank_fusion
 from ragtune.ingest.loaders import Document, SkipFile, load, walk
 from ragtune.ingest.splitter import Chunk, SplitConfig, TokenSplitter
 from ragtune.ingest.store import IndexFileMissing, Store, sqlite_guard
+from ragtune.ingest.vector_store import VectorSettings
 from ragtune.platform.errors import NotFoundError, RagtuneError
 from ragtune.platform.progress import progress
 from ragtune.platform.settings import Settings, get_settings
@@ -97,8 +98,7 @@ class Collection:
         self._lock = threading.Lock()
         self._db = None
         self._gen = -1
-        self._index = None
-        self._kind = "flat"
+        self._vectors: Any = None  # the VectorSnapshot of generation self._gen
         self._bm25: BM25Index | None = None
 
     # -- opening ------------------------------------------------------------------------------
@@ -117,9 +117,10 @@ class Collection:
                 f"collection {name!r} does not exist in {settings.collections_dir}: "
                 f"create it with `ragtune ingest PATH --collection {name}`"
             )
-        col = cls(name, settings, Store.create_or_open(folder))
+        col = cls(name, settings, Store.create_or_open(folder, VectorSettings.from_settings(settings)))
         with sqlite_guard(col.store.db_path):
             col.store.refresh_manifest()  # derived data: a crash or damage may have left it stale
+        col._check_vector_store()
         recorded = col.recorded_embedder
         if recorded:
             explicit = "embedder" in settings.model_fields_set
@@ -133,6 +134,24 @@ class Collection:
             col.settings = settings.model_copy(update={"embedder": recorded["name"]})
         col._embedder = embedder
         return col
+
+    def _check_vector_store(self) -> None:
+        """An explicitly chosen store (RAGTUNE_VECTOR_STORE) that is not the one holding this
+        collection's vectors is refused, never silently ignored."""
+        vs = self.store.vector_settings
+        if not vs.explicit_kind:
+            return
+        db = self.store.connect()
+        try:
+            recorded = self.store.recorded_vector_store(db)
+        finally:
+            db.close()
+        if recorded and recorded.get("kind") != vs.kind:
+            hint = (f"`ragtune collections migrate {self.name} --to milvus://URI` moves it"
+                    if vs.kind == "milvus" else "unset RAGTUNE_VECTOR_STORE to use it")
+            raise RagtuneError(
+                f"collection {self.name!r} keeps its vectors in {recorded.get('kind')}, not "
+                f"{vs.kind} (RAGTUNE_VECTOR_STORE): {hint}")
 
     @staticmethod
     def list(settings: Settings | None = None) -> list[dict[str, Any]]:
@@ -343,8 +362,7 @@ class Collection:
                 raise RagtuneError(
                     f"the embedder gives {vectors.shape[1]}-d vectors; collection {self.name!r} "
                     f"was built with {recorded['name']!r} ({recorded['dim']}-d): repair with that one")
-            ids = np.array([r[0] for r in rows], dtype=np.int64)
-            w.replace_index(faiss_index.new_index(w.kind, vectors.shape[1], vectors, ids))
+            w.replace_vectors(np.array([r[0] for r in rows], dtype=np.int64), vectors)
             w.commit({})
             self.store.write_manifest({})
         return self.info()
@@ -358,7 +376,9 @@ class Collection:
     def drop(self) -> None:
         """Delete the collection and its files (waits for a running writer)."""
         self.close()
-        with self.store.writer(self.settings.lock_timeout):
+        with self.store.writer(self.settings.lock_timeout) as w:
+            w.vector_store.drop()  # a Milvus collection lives outside the folder
+            self.store.close_vectors()
             for f in self.store.folder.iterdir():
                 if f.name != "write.lock":
                     f.unlink() if f.is_file() else shutil.rmtree(f)
@@ -381,6 +401,7 @@ class Collection:
             "embedder": self.store.get_meta(db, "embedder"),
             "splitter": self.store.get_meta(db, "splitter"),
             "index_type": self.store.get_meta(db, "index_type", "flat"),
+            "vector_store": self.store.recorded_vector_store(db) or self.store.vectors(db).config(),
             "updated_at": self.store.get_meta(db, "updated_at"),
             **self.store.counts(db),
         }
@@ -403,8 +424,7 @@ class Collection:
         if gen != self._gen:
             emb = self.store.get_meta(self._db, "embedder")
             dim = int(emb["dim"]) if emb else 1
-            self._index = self.store.load_index(self._db, dim)
-            self._kind = faiss_index.kind_of(self._index)
+            self._vectors = self.store.vectors(self._db).snapshot(self._db, dim)
             self._gen, self._bm25 = gen, None
 
     @property
@@ -447,7 +467,8 @@ class Collection:
 
     def search(self, query: str, k: int = 5, mode: str = "dense",
                where: dict[str, str] | None = None) -> list[ScoredChunk]:
-        """Top-k chunks for `query`. mode: dense (FAISS), bm25, or hybrid (RRF of both)."""
+        """Top-k chunks for `query`. mode: dense (the vector store), bm25 (ragtune's, over
+        chunks.db), or hybrid (RRF of both, whichever store holds the vectors)."""
         if mode not in MODES:
             raise RagtuneError(f"search mode {mode!r} is unknown: use one of {', '.join(MODES)}")
         if k < 1:
@@ -476,13 +497,13 @@ class Collection:
             pool = k if mode != "hybrid" else max(4 * k, 20)
             ranked: list[tuple[int, float]]
             if mode == "dense":
-                scores, ids = faiss_index.search(self._index, qvec, k, allowed, self._kind)
+                scores, ids = self._vectors.search(qvec, k, allowed)
                 ranked = list(zip(ids.tolist(), scores.tolist(), strict=True))
             elif mode == "bm25":
                 scores, ids = self._bm25_index().search(query, k, allowed)
                 ranked = list(zip(ids.tolist(), scores.tolist(), strict=True))
             else:
-                _, dense_ids = faiss_index.search(self._index, qvec, pool, allowed, self._kind)
+                _, dense_ids = self._vectors.search(qvec, pool, allowed)
                 _, lex_ids = self._bm25_index().search(query, pool, allowed)
                 ranked = reciprocal_rank_fusion([dense_ids, lex_ids], k)
             return self._rows(ranked)
@@ -532,4 +553,5 @@ class Collection:
             if self._db is not None:
                 self._db.close()
                 self._db = None
-            self._gen, self._index, self._bm25 = -1, None, None
+            self._gen, self._vectors, self._bm25 = -1, None, None
+        self.store.close_vectors()

@@ -1,4 +1,6 @@
-"""FAISS index helpers: ids are chunk ids (`IndexIDMap2`), inner product on normalised vectors.
+"""FAISS index helpers: ids are chunk ids (`IndexIDMap2`), inner product on normalised vectors,
+and `FaissStore`, the default `VectorStore` (see ingest/vector_store.py): one immutable file per
+generation, named (with its checksum) in chunks.db by the commit transaction.
 
 Kinds: `flat` (exact, the default), `hnsw` (graph, fast at scale, rebuilt on removal since
 HNSW cannot delete), `ivf` (inverted lists, trained on the collection's own vectors).
@@ -7,13 +9,17 @@ HNSW cannot delete), `ivf` (inverted lists, trained on the collection's own vect
 from __future__ import annotations
 
 import hashlib
+import sqlite3
+import uuid
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 
+from ragtune.ingest.vector_store import Payload, read_meta
 from ragtune.platform.errors import DamagedError, RagtuneError
-from ragtune.platform.files import atomic_writer
+from ragtune.platform.files import atomic_writer, remove_temp_files
 
 KINDS = ("flat", "hnsw", "ivf")
 HNSW_M = 32  # neighbours per node: recall@10 ~0.99 at efSearch 64 on 100k x 384
@@ -188,3 +194,153 @@ def read(path: Path, sha256: str | None = None) -> faiss.IndexIDMap2:
 def repair_hint(path: Path) -> str:
     return (f": `ragtune collections repair {path.parent.name}` rebuilds the vectors from the "
             "stored chunk texts")
+
+
+class IndexFileMissing(DamagedError):
+    """chunks.db names an index file that is not there. For a reader this usually means a
+    writer committed twice since its snapshot and removed that file: read again."""
+
+
+def committed_name(folder: Path, db: sqlite3.Connection) -> str | None:
+    """The committed generation's file name. Collections written before the name was
+    recorded used `index.<generation>.faiss`."""
+    name = read_meta(db, "index_file")
+    if name:
+        return name
+    gen = int(read_meta(db, "generation", 0))
+    legacy = f"index.{gen}.faiss"
+    return legacy if gen and (folder / legacy).exists() else None
+
+
+def load(folder: Path, db: sqlite3.Connection, dim: int) -> faiss.IndexIDMap2:
+    """The committed generation's vectors, checked against what chunks.db recorded: the
+    file's checksum, its vector count and dimension. Never a misaligned id -> chunk map."""
+    name = committed_name(folder, db)
+    if not name:
+        rows = db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+        if rows:  # never an empty index over stored chunks: searches would find nothing
+            raise DamagedError(f"{folder / 'chunks.db'} holds {rows} chunks but names no vectors "
+                               f"file{repair_hint(folder / 'chunks.db')}")
+        return new_index("flat", dim)
+    path = folder / name
+    try:
+        index = read(path, read_meta(db, "index_sha256"))
+    except FileNotFoundError:
+        raise IndexFileMissing(
+            f"{path} is missing although {folder / 'chunks.db'} names it{repair_hint(path)}"
+        ) from None
+    rows = db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+    if index.ntotal != rows or index.d != dim:
+        raise DamagedError(
+            f"{path} holds {index.ntotal} vectors of dimension {index.d}; {folder / 'chunks.db'} "
+            f"has {rows} chunks of dimension {dim}{repair_hint(path)}")
+    return index
+
+
+class FaissSnapshot:
+    def __init__(self, index: faiss.IndexIDMap2):
+        self.index = index
+        self.kind = kind_of(index)
+        self.dim = index.d
+
+    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        return search(self.index, query, k, allowed, self.kind)
+
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        return all_vectors(self.index)
+
+
+class FaissWriter:
+    """Edits an in-memory copy of the committed index; `prepare` writes it as a new file (a
+    name never used before: even a writer that lost its lock cannot overwrite the committed
+    generation's file)."""
+
+    def __init__(self, store: FaissStore, db: sqlite3.Connection, dim: int):
+        self.store, self.db, self.dim = store, db, dim
+        self.kind = read_meta(db, "index_type", "flat")
+        self.index_name = committed_name(store.folder, db)
+        self._index: faiss.IndexIDMap2 | None = None
+        self._new_name: str | None = None
+
+    @property
+    def index(self) -> faiss.IndexIDMap2:
+        """The committed vectors, loaded (and checked) when first needed: a repair replaces a
+        damaged file without ever reading it."""
+        if self._index is None:
+            self._index = load(self.store.folder, self.db, self.dim)
+        return self._index
+
+    @index.setter
+    def index(self, value: faiss.IndexIDMap2) -> None:
+        self._index = value
+
+    def remove(self, ids: np.ndarray) -> None:
+        self.index = remove(self.index, np.asarray(ids, dtype=np.int64))
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray, payloads: list[Payload]) -> None:
+        if len(ids):
+            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
+                                    np.asarray(ids, dtype=np.int64))
+
+    def replace_all(self, ids: np.ndarray, vectors: np.ndarray, payloads: list[Payload]) -> None:
+        self.index = new_index(self.kind, vectors.shape[1], vectors, ids)
+
+    def set_kind(self, kind: str) -> None:
+        self.index = rebuild(self.index, kind)
+        self.kind = kind
+
+    def prepare(self, new_gen: int) -> dict[str, Any]:
+        if self.kind != "flat" and kind_of(self.index) != self.kind:
+            self.index = rebuild(self.index, self.kind)
+        self._new_name = f"index.{new_gen}.{uuid.uuid4().hex[:8]}.faiss"
+        sha256 = write_atomic(self.index, self.store.folder / self._new_name)
+        return {"index_type": self.kind, "index_file": self._new_name, "index_sha256": sha256,
+                "previous_index_file": self.index_name}
+
+    def committed(self, db: sqlite3.Connection) -> None:
+        previous, self.index_name, self._new_name = self.index_name, self._new_name, None
+        self.store.remove_files(keep={self.index_name, previous})
+
+    def abort(self) -> None:
+        if self._new_name:
+            (self.store.folder / self._new_name).unlink(missing_ok=True)
+            self._new_name = None
+
+
+class FaissStore:
+    """Vectors in `index.<gen>.<id>.faiss` files beside chunks.db (see ingest/store.py)."""
+
+    kind = "faiss"
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "faiss"}
+
+    def remove_files(self, keep: set[str | None]) -> None:
+        """Index files but the current and previous generation's (a reader may still be
+        loading that one), including orphans of crashed commits; temp files of killed writers."""
+        for f in self.folder.glob("index.*.faiss"):
+            if f.name not in keep:
+                f.unlink(missing_ok=True)
+        remove_temp_files(self.folder)
+
+    def cleanup(self, db: sqlite3.Connection, gen: int) -> None:
+        self.remove_files({committed_name(self.folder, db), read_meta(db, "previous_index_file")})
+
+    def writer(self, db: sqlite3.Connection, gen: int, dim: int) -> FaissWriter:
+        return FaissWriter(self, db, dim)
+
+    def snapshot(self, db: sqlite3.Connection, dim: int) -> FaissSnapshot:
+        return FaissSnapshot(load(self.folder, db, dim))
+
+    def drop(self) -> None:
+        """The files go with the collection folder."""
+
+    def close(self) -> None:
+        """Nothing held open."""

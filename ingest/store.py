@@ -1,12 +1,16 @@
-"""A collection on disk: FAISS vectors beside a SQLite chunk store, FAISS id == chunk id.
+"""A collection on disk: a SQLite chunk store beside its vectors, vector id == chunk id.
 
     collections/<name>/
-        chunks.db           documents + chunks + meta (generation, next chunk id, embedder)
+        chunks.db           documents + chunks + meta (generation, next chunk id, embedder,
+                            which vector store holds the vectors)
         index.<gen>.<id>.faiss   the vectors of generation <gen> (named in chunks.db)
         manifest.json       self-description: embedder, splitter, counts, generation
         write.lock          one writer at a time
 
-A commit writes `index.<gen+1>.<random>.faiss` atomically (a name never used before), then in
+The vectors live behind a `VectorStore` (ingest/vector_store.py): FAISS files, as below, by
+default; Milvus by setting (ingest/milvus_store.py says how it keeps the same promises).
+
+With FAISS, a commit writes `index.<gen+1>.<random>.faiss` atomically (a name never used before), then in
 ONE SQLite transaction checks the generation is still `gen`, applies the chunk changes, and
 names the new file and `generation = gen+1`. SQLite is the source of truth: a crash before
 that transaction leaves generation `gen` (its index file untouched) and an orphan file that
@@ -23,6 +27,7 @@ import os
 import socket
 import sqlite3
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,17 +41,24 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from ragtune.ingest import faiss_index
+from ragtune.ingest.faiss_index import IndexFileMissing
+from ragtune.ingest.vector_store import (
+    Payload,
+    VectorSettings,
+    VectorStore,
+    VectorWriter,
+    open_vector_store,
+    read_meta,
+)
 from ragtune.platform.errors import DamagedError, DiskFullError, LockedError, RagtuneError
-from ragtune.platform.files import remove_temp_files, write_json
+from ragtune.platform.files import write_json
 
 log = logging.getLogger("ragtune")
 
 SCHEMA_VERSION = 1
 
 
-class IndexFileMissing(DamagedError):
-    """chunks.db names an index file that is not there. For a reader this usually means a
-    writer committed twice since its snapshot and removed that file: read again."""
+__all__ = ["IndexFileMissing", "Store", "StoredDocument", "Writer", "sqlite_guard"]
 
 
 def sqlite_error(e: sqlite3.Error, db_path: Path) -> Exception:
@@ -137,21 +149,25 @@ def _connect(path: Path, shared: bool = False) -> sqlite3.Connection:
 class Store:
     """Low-level storage of one collection. Use `Collection` for the ingest/search API."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, vector_settings: VectorSettings | None = None):
         self.folder = folder
         self.db_path = folder / "chunks.db"
         self.manifest_path = folder / "manifest.json"
         self.lock = FileLock(str(folder / "write.lock"))
+        self.vector_settings = vector_settings or VectorSettings()
+        self._vectors: VectorStore | None = None
+        self._vectors_key: str | None = None
+        self._vectors_lock = threading.Lock()
 
     # -- creation and meta ------------------------------------------------------------------
     @classmethod
-    def create_or_open(cls, folder: Path) -> Store:
+    def create_or_open(cls, folder: Path, vector_settings: VectorSettings | None = None) -> Store:
         """Open the collection in `folder`, creating or migrating its schema when needed.
 
         An up-to-date collection is only read here, so opening never takes the write lock.
         """
         folder.mkdir(parents=True, exist_ok=True)
-        store = cls(folder)
+        store = cls(folder, vector_settings)
         with sqlite_guard(store.db_path):
             store._migrate()
         return store
@@ -194,8 +210,7 @@ class Store:
 
     @staticmethod
     def get_meta(db: sqlite3.Connection, key: str, default: Any = None) -> Any:
-        row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return json.loads(row[0]) if row else default
+        return read_meta(db, key, default)
 
     @staticmethod
     def set_meta(db: sqlite3.Connection, key: str, value: Any) -> None:
@@ -214,36 +229,40 @@ class Store:
         """The committed generation's vectors file (named in the same transaction as the rows).
 
         Collections written before the name was recorded used `index.<generation>.faiss`."""
-        name = self.get_meta(db, "index_file")
-        if name:
-            return self.folder / name
-        gen = int(self.get_meta(db, "generation", 0))
-        legacy = self.folder / f"index.{gen}.faiss"
-        return legacy if gen and legacy.exists() else None
+        name = faiss_index.committed_name(self.folder, db)
+        return self.folder / name if name else None
 
     def load_index(self, db: sqlite3.Connection, dim: int) -> faiss.IndexIDMap2:
-        """The committed generation's vectors, checked against what chunks.db recorded: the
-        file's checksum, its vector count and dimension. Never a misaligned id -> chunk map."""
-        path = self.index_file(db)
-        if path is None:
-            rows = db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
-            if rows:  # never an empty index over stored chunks: searches would find nothing
-                raise DamagedError(
-                    f"{self.db_path} holds {rows} chunks but names no vectors file"
-                    f"{faiss_index.repair_hint(self.db_path)}")
-            return faiss_index.new_index("flat", dim)
-        try:
-            index = faiss_index.read(path, self.get_meta(db, "index_sha256"))
-        except FileNotFoundError:
-            raise IndexFileMissing(
-                f"{path} is missing although {self.db_path} names it{faiss_index.repair_hint(path)}"
-            ) from None
-        rows = db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
-        if index.ntotal != rows or index.d != dim:
-            raise DamagedError(
-                f"{path} holds {index.ntotal} vectors of dimension {index.d}; {self.db_path} has "
-                f"{rows} chunks of dimension {dim}{faiss_index.repair_hint(path)}")
-        return index
+        """The committed generation's FAISS vectors, checked against what chunks.db recorded:
+        the file's checksum, its vector count and dimension (see `faiss_index.load`)."""
+        return faiss_index.load(self.folder, db, dim)
+
+    def recorded_vector_store(self, db: sqlite3.Connection) -> dict[str, Any] | None:
+        """What chunks.db says holds the vectors; None for a collection never committed (it
+        gets the configured store). Collections from before stores were recorded are FAISS."""
+        recorded = self.get_meta(db, "vector_store")
+        if recorded is None and self.generation(db) > 0:
+            recorded = {"kind": "faiss"}
+        return recorded
+
+    def vectors(self, db: sqlite3.Connection) -> VectorStore:
+        """The vector store of the generation `db` reads (one instance kept while it is the same)."""
+        recorded = self.recorded_vector_store(db)
+        key = json.dumps(recorded, sort_keys=True)
+        with self._vectors_lock:
+            if self._vectors is None or key != self._vectors_key:
+                if self._vectors is not None:
+                    self._vectors.close()
+                self._vectors = open_vector_store(self.folder, recorded, self.get_meta(db, "uuid"),
+                                                  self.vector_settings)
+                self._vectors_key = key
+            return self._vectors
+
+    def close_vectors(self) -> None:
+        with self._vectors_lock:
+            if self._vectors is not None:
+                self._vectors.close()
+            self._vectors, self._vectors_key = None, None
 
     # -- reading ------------------------------------------------------------------------------
     def documents(self, db: sqlite3.Connection) -> dict[str, StoredDocument]:
@@ -375,20 +394,19 @@ class Writer:
         self.store = store
         self.db = store.connect()
         self.gen = store.generation(self.db)
-        current = store.index_file(self.db)
-        self.index_name = current.name if current else None
         self.meta_embedder = store.get_meta(self.db, "embedder")
-        self.kind = store.get_meta(self.db, "index_type", "flat")
-        self.index: faiss.IndexIDMap2 | None = None
+        self.vector_store = store.vectors(self.db)
+        self.vectors: VectorWriter | None = None
         self._pending: list[tuple[str, tuple]] = []
         self._remove_ids: list[int] = []
-        self.previous_name = store.get_meta(self.db, "previous_index_file")
-        self._cleanup()  # what killed writers left: temp files, index files never committed
+        self.vector_store.cleanup(self.db, self.gen)  # what killed writers left, never read
 
-    def _ensure_index(self, dim: int) -> faiss.IndexIDMap2:
-        if self.index is None:
-            self.index = self.store.load_index(self.db, dim)
-        return self.index
+    def _ensure_vectors(self, dim: int) -> VectorWriter:
+        """`dim`: the recorded one when there is one (the vectors' own only for a new collection)."""
+        if self.vectors is None:
+            recorded = int(self.meta_embedder["dim"]) if self.meta_embedder else dim
+            self.vectors = self.vector_store.writer(self.db, self.gen, recorded)
+        return self.vectors
 
     def chunk_ids(self, source: str) -> list[int]:
         return [r[0] for r in self.db.execute(
@@ -397,7 +415,7 @@ class Writer:
 
     def delete_source(self, source: str, dim: int) -> int:
         ids = self.chunk_ids(source)
-        self._ensure_index(dim)
+        self._ensure_vectors(dim)
         self._remove_ids.extend(ids)
         self._pending.append(("delete", (source,)))
         return len(ids)
@@ -405,11 +423,11 @@ class Writer:
     def put_document(self, doc: Any, config_hash: str, chunks: list[Any],
                      vectors: np.ndarray) -> None:
         """Stage a document (replacing any stored one with the same source)."""
-        index = self._ensure_index(vectors.shape[1] if len(vectors) else self.index_dim())
-        if len(vectors) and vectors.shape[1] != index.d:
+        vw = self._ensure_vectors(vectors.shape[1] if len(vectors) else self.index_dim())
+        if len(vectors) and vectors.shape[1] != vw.dim:
             raise RagtuneError(
                 f"vectors of dimension {vectors.shape[1]} do not fit collection "
-                f"{self.store.folder.name!r} ({index.d}-d): use the embedder it was built with"
+                f"{self.store.folder.name!r} ({vw.dim}-d): use the embedder it was built with"
             )
         self._remove_ids.extend(self.chunk_ids(doc.source))
         self._pending.append(("put", (doc, config_hash, chunks, vectors)))
@@ -420,13 +438,19 @@ class Writer:
         raise RagtuneError("collection has no embedder recorded yet")
 
     def set_kind(self, kind: str, dim: int) -> None:
-        self.index = faiss_index.rebuild(self._ensure_index(dim), kind)
-        self.kind = kind
+        self._ensure_vectors(dim).set_kind(kind)
         self._pending.append(("kind", (kind,)))
 
-    def replace_index(self, index: faiss.IndexIDMap2) -> None:
-        """Stage a rebuilt vectors file for the same chunks (see `Collection.repair`)."""
-        self.index = index
+    def replace_vectors(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Stage every vector anew for the same chunks (see `Collection.repair`)."""
+        marks = ",".join("?" * len(ids))
+        rows = {r[0]: r for r in self.db.execute(
+            "SELECT c.id, d.source, d.format, c.position, d.generation, c.metadata FROM chunks c "
+            f"JOIN documents d ON c.doc_id=d.id WHERE c.id IN ({marks})", [int(i) for i in ids])}
+        payloads = [Payload(source=rows[int(i)][1], format=rows[int(i)][2] or "",
+                            position=rows[int(i)][3], generation=rows[int(i)][4],
+                            metadata=json.loads(rows[int(i)][5])) for i in ids]
+        self._ensure_vectors(vectors.shape[1]).replace_all(ids, vectors, payloads)
         self._pending.append(("rebuild", ()))
 
     @property
@@ -437,29 +461,30 @@ class Writer:
         """Write the new generation; returns its number. Nothing staged: nothing written."""
         if not self._pending:
             return self.gen
-        db, index = self.db, self.index
-        assert index is not None
+        db, vw = self.db, self.vectors
+        assert vw is not None
         now = time.time()
-        # 1. vectors: remove replaced chunks, allocate ids for new ones (ids are never reused)
-        index = faiss_index.remove(index, np.asarray(self._remove_ids, dtype=np.int64))
-        next_id = int(self.store.get_meta(db, "next_chunk_id", 1))
-        rows: list[tuple] = []
-        for op, args in self._pending:
-            if op != "put":
-                continue
-            doc, config_hash, chunks, vectors = args
-            ids = np.arange(next_id, next_id + len(chunks), dtype=np.int64)
-            next_id += len(chunks)
-            if len(chunks):
-                index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
-            rows.append((doc, config_hash, chunks, ids))
-        if self.kind != "flat" and faiss_index.kind_of(index) != self.kind:
-            index = faiss_index.rebuild(index, self.kind)
         new_gen = self.gen + 1
-        # a name never used before: even a writer that lost its lock cannot overwrite the
-        # committed generation's file
-        new_name = f"index.{new_gen}.{uuid.uuid4().hex[:8]}.faiss"
-        sha256 = faiss_index.write_atomic(index, self.store.folder / new_name)
+        rows: list[tuple] = []
+        try:
+            # 1. vectors: remove replaced chunks, allocate ids for new ones (never reused), and
+            # make them durable, invisible to readers of self.gen
+            vw.remove(np.asarray(self._remove_ids, dtype=np.int64))
+            next_id = int(self.store.get_meta(db, "next_chunk_id", 1))
+            for op, args in self._pending:
+                if op != "put":
+                    continue
+                doc, config_hash, chunks, vectors = args
+                ids = np.arange(next_id, next_id + len(chunks), dtype=np.int64)
+                next_id += len(chunks)
+                vw.add(ids, vectors, [
+                    Payload(source=doc.source, format=doc.format or "", position=c.position,
+                            generation=new_gen, metadata=c.metadata) for c in chunks])
+                rows.append((doc, config_hash, chunks, ids))
+            vector_meta = vw.prepare(new_gen)
+        except BaseException:
+            vw.abort()
+            raise
         # 2. rows + generation in one transaction: this is the commit point
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -484,39 +509,26 @@ class Writer:
                     [(int(i), doc_id, c.position, c.text, json.dumps(c.metadata, default=str))
                      for c, i in zip(chunks, ids, strict=True)],
                 )
-            for key, value in meta.items():
+            for key, value in {**meta, **vector_meta}.items():
                 Store.set_meta(db, key, value)
-            Store.set_meta(db, "index_type", self.kind)
+            Store.set_meta(db, "vector_store", self.vector_store.config())
             Store.set_meta(db, "next_chunk_id", next_id)
             Store.set_meta(db, "generation", new_gen)
-            Store.set_meta(db, "index_file", new_name)
-            Store.set_meta(db, "index_sha256", sha256)
-            Store.set_meta(db, "previous_index_file", self.index_name)
             Store.set_meta(db, "updated_at", now)
             db.execute("COMMIT")
         except BaseException as e:
             if db.in_transaction:  # SQLite already rolled back after some errors (a full disk)
                 db.execute("ROLLBACK")
-            (self.store.folder / new_name).unlink(missing_ok=True)
+            vw.abort()
             if isinstance(e, sqlite3.Error):
                 typed = sqlite_error(e, self.store.db_path)
                 if typed is not e:
                     raise typed from e
             raise
-        self.previous_name, self.index_name = self.index_name, new_name
-        self.gen, self.index = new_gen, index
+        self.gen = new_gen
         self._pending, self._remove_ids = [], []
-        self._cleanup()
+        vw.committed(db)
         return new_gen
-
-    def _cleanup(self) -> None:
-        """Remove index files but the current and previous generation's (a reader may still be
-        loading that one), including orphans of crashed commits."""
-        keep = {self.index_name, self.previous_name}
-        for f in self.store.folder.glob("index.*.faiss"):
-            if f.name not in keep:
-                f.unlink(missing_ok=True)
-        remove_temp_files(self.store.folder)  # a killed writer's leftovers: never read
 
     def close(self) -> None:
         self.db.close()

@@ -1,8 +1,9 @@
 """`ragtune collections check`: is a collection on disk whole and consistent?
 
 Reads one committed generation in one snapshot and checks what the durability contract promises
-(README, "The contract"): the database passes SQLite's own check; the vectors file named by
-chunks.db exists and matches its recorded checksum; FAISS ids == chunk ids, one vector per
+(README, "The contract"): the database passes SQLite's own check; the vectors of that
+generation are readable (with FAISS: the file chunks.db names exists and matches its recorded
+checksum; with Milvus: the collection is reachable); vector ids == chunk ids, one vector per
 chunk, no phantom or duplicate ids; every vector finite, unit length and of the recorded
 dimension; every document has its chunks; the manifest describes this generation.
 """
@@ -14,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from ragtune.ingest import faiss_index
 from ragtune.ingest.store import Store, sqlite_guard
 from ragtune.platform.errors import DamagedError
 from ragtune.platform.files import TMP_GLOB
@@ -77,12 +77,12 @@ def _check_snapshot(store: Store, db: Any, report: CheckReport) -> set[str]:
             report.problems.append("chunks are stored but no embedder is recorded")
         return named
     dim = int(embedder["dim"])
-    index = store.load_index(db, dim)  # checksum, count and dimension
-    report.vectors = int(index.ntotal)
-    ids, vectors = faiss_index.all_vectors(index)
+    snapshot = store.vectors(db).snapshot(db, dim)  # FAISS: checksum, count and dimension
+    ids, vectors = snapshot.vectors()
+    report.vectors = len(ids)
     rows = np.array([r[0] for r in db.execute("SELECT id FROM chunks ORDER BY id")], dtype=np.int64)
     if len(np.unique(ids)) != len(ids):
-        report.problems.append(f"{len(ids) - len(np.unique(ids))} duplicate ids in the vectors file")
+        report.problems.append(f"{len(ids) - len(np.unique(ids))} duplicate ids among the vectors")
     phantom, missing = np.setdiff1d(ids, rows), np.setdiff1d(rows, ids)
     if len(phantom):
         report.problems.append(f"{len(phantom)} vectors have no chunk (e.g. id {phantom[0]})")

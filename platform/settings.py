@@ -49,6 +49,21 @@ class Settings(BaseSettings):
         30.0, ge=0, description="seconds a second writer waits for a collection's lock, then fails "
         "naming the process that holds it"
     )
+    vector_store: Literal["faiss", "milvus"] = Field(
+        "faiss", description="where a NEW collection keeps its vectors: FAISS files beside "
+        "chunks.db, or Milvus (docs/scaling-milvus.md); an existing one keeps its own "
+        "(`ragtune collections migrate` moves it)"
+    )
+    milvus_uri: str | None = Field(
+        None, description="the Milvus server (http://host:19530) or a Milvus Lite file (*.db, "
+        "relative to the collection folder); default: Milvus Lite in <collection>/milvus.db"
+    )
+    milvus_token: str | None = Field(None, description="the Milvus token (user:password or an "
+                                     "API key), never written to disk")
+    milvus_index: str = Field(
+        "AUTOINDEX", description="the Milvus index type of a new collection (AUTOINDEX, FLAT, "
+        "HNSW, IVF_FLAT, ...); inner product on unit vectors either way"
+    )
 
     # -- the assistant and the server ---------------------------------------------------------
     context_tokens: int = Field(
