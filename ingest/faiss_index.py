@@ -253,6 +253,9 @@ class FaissSnapshot:
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         return all_vectors(self.index)
 
+    def notes(self) -> list[str]:
+        return []  # orphan files: verify lists the folder's files itself
+
 
 class FaissWriter:
     """Edits an in-memory copy of the committed index; `prepare` writes it as a new file (a

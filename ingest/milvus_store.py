@@ -191,6 +191,15 @@ class MilvusSnapshot:
         out = np.asarray(vecs, dtype=np.float32).reshape(len(ids), -1)
         return np.asarray(ids, dtype=np.int64)[order], out[order]
 
+    def notes(self) -> list[str]:
+        if not self.exists:
+            return []
+        res = self.store.client.query(self.store.name, filter=f"generation > {self.gen}",
+                                      output_fields=["count(*)"], consistency_level=STRONG)
+        n = int(res[0]["count(*)"])
+        return [f"{n} Milvus rows of a generation never committed (a crashed write), never read: "
+                "the next write removes them"] if n else []
+
 
 class MilvusWriter:
     """Stages rows; `prepare` upserts them (invisible until chunks.db names their generation)."""

@@ -57,6 +57,9 @@ class VectorSnapshot(Protocol):
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of every vector in this generation (check, migrate)."""
 
+    def notes(self) -> list[str]:
+        """Harmless leftovers a crashed writer left in the store, never read (check)."""
+
 
 class VectorWriter(Protocol):
     """Changes staged against one committed generation (see the module docstring)."""

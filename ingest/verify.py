@@ -80,6 +80,7 @@ def _check_snapshot(store: Store, db: Any, report: CheckReport) -> set[str]:
     snapshot = store.vectors(db).snapshot(db, dim)  # FAISS: checksum, count and dimension
     ids, vectors = snapshot.vectors()
     report.vectors = len(ids)
+    report.notes += snapshot.notes()
     rows = np.array([r[0] for r in db.execute("SELECT id FROM chunks ORDER BY id")], dtype=np.int64)
     if len(np.unique(ids)) != len(ids):
         report.problems.append(f"{len(ids) - len(np.unique(ids))} duplicate ids among the vectors")

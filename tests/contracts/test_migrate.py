@@ -70,3 +70,21 @@ def test_a_mismatch_changes_nothing(faiss_col, tiny_settings, tmp_path, monkeypa
 def test_bad_targets_are_refused(faiss_col):
     r = runner.invoke(app, ["collections", "migrate", "docs", "--to", "qdrant://x"])
     assert r.exit_code != 0 and "milvus://PATH.db" in (r.output + str(r.exception))
+
+
+def test_the_default_approximate_index_finds_each_chunk(tiny_settings, corpus, monkeypatch,
+                                                        tmp_path):
+    """RAGTUNE_MILVUS_INDEX's default (AUTOINDEX: HNSW on Milvus Lite) on a small collection."""
+    monkeypatch.setenv("RAGTUNE_VECTOR_STORE", "milvus")
+    monkeypatch.setenv("RAGTUNE_MILVUS_URI", str(tmp_path / "auto.db"))
+    from ragtune.platform.settings import get_settings
+
+    col = Collection.open("docs", get_settings())
+    col.add([corpus])
+    assert col.info()["index_type"] == "milvus:AUTOINDEX"
+    for _, text in col.chunks():
+        assert col.search(text, k=1)[0].text == text
+    col.close()
+    from ragtune.ingest.milvus_store import release
+
+    release(str(tmp_path / "auto.db"))

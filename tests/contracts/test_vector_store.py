@@ -250,3 +250,51 @@ def test_repair_rebuilds_the_vectors(store_settings, corpus):
     assert info["chunks"] == col.info()["chunks"]
     assert _ids(col.search(query, k=5)) == want
     _consistent(col)
+
+
+def test_check_notes_a_crashed_write_until_the_next_writer(store_settings, store_kind, corpus,
+                                                           monkeypatch):
+    from ragtune.ingest.faiss_index import FaissWriter
+    from ragtune.ingest.milvus_store import MilvusWriter
+
+    col = Collection.open("docs", store_settings)
+    col.add([corpus / "pricing.md"])
+    real = Store.set_meta
+
+    def crash(db, key, value):
+        if key == "generation":
+            raise KeyboardInterrupt
+        real(db, key, value)
+
+    monkeypatch.setattr(Store, "set_meta", staticmethod(crash))
+    monkeypatch.setattr({"faiss": FaissWriter, "milvus": MilvusWriter}[store_kind], "abort",
+                        lambda self: None)
+    with pytest.raises(KeyboardInterrupt):
+        col.add([corpus])
+    monkeypatch.undo()
+    report = col.check()
+    assert report.ok and [n for n in report.notes if "crashed" in n], report.notes
+    col.add([corpus])
+    assert not [n for n in col.check().notes if "crashed" in n]
+
+
+def test_an_explicit_other_store_is_refused(store_settings, store_kind, corpus, monkeypatch):
+    Collection.open("docs", store_settings).add([corpus / "pricing.md"])
+    other = {"faiss": "milvus", "milvus": "faiss"}[store_kind]
+    monkeypatch.setenv("RAGTUNE_VECTOR_STORE", other)
+    from ragtune.platform.settings import get_settings
+
+    with pytest.raises(RagtuneError, match=f"keeps its vectors in {store_kind}, not {other}"):
+        Collection.open("docs", get_settings())
+
+
+def test_drop_removes_the_vectors(store_settings, store_kind, corpus):
+    col = Collection.open("docs", store_settings)
+    col.add([corpus / "pricing.md"])
+    db = col.store.connect()
+    vectors = col.store.vectors(db)
+    db.close()
+    col.drop()
+    assert not col.store.folder.exists()
+    if store_kind == "milvus":
+        assert not vectors.exists()
