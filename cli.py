@@ -106,12 +106,28 @@ def ingest(
     prune: Annotated[bool, typer.Option(help="remove documents whose files are gone")] = False,
     dry_run: Annotated[bool, typer.Option(help="list what would change; write nothing")] = False,
     text_field: Annotated[str | None, typer.Option(help="text field of .jsonl/.csv rows")] = None,
+    engine: Annotated[str, typer.Option(
+        help="local: this process; ray: load, split and embed on a Ray cluster "
+             "(pip install 'ragtune[ray]'; docs/scaling-ray.md)")] = "local",
+    address: Annotated[str | None, typer.Option(
+        help="with --engine ray: a cluster to join ('auto', 'ray://HOST:10001'); "
+             "default: start Ray on this machine")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="with --engine ray: embed actors (default: one per GPU, else per CPU)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Ingest documents into a collection: unchanged files are skipped by content hash,
     changed ones replaced, bad ones reported; ends with a summary."""
     from ragtune.ingest.collection import Collection
 
+    if engine not in ("local", "ray"):
+        raise RagtuneError(f"--engine {engine!r} is unknown: use 'local' or 'ray'")
+    if engine == "local" and (address or workers):
+        raise RagtuneError("--address and --workers apply to --engine ray only: add --engine ray")
+    if engine == "ray":
+        from ragtune.ingest.ray_engine import require_ray
+
+        require_ray()  # before anything is created: say what to install
     settings = _settings()
     if dry_run and not (settings.collections_dir / collection / "chunks.db").exists():
         from ragtune.ingest.loaders import walk
@@ -125,7 +141,8 @@ def ingest(
             typer.echo(f"  skipped {f}: {why}")
         return
     col = Collection.open(collection, settings)
-    report = col.add([str(p) for p in paths], include, exclude, prune, dry_run, text_field)
+    report = col.add([str(p) for p in paths], include, exclude, prune, dry_run, text_field,
+                     engine=engine, address=address, workers=workers)
     if as_json:
         _out(report.to_dict())
     else:
@@ -638,10 +655,25 @@ def train_cmd(
     strip_facts: Annotated[bool, typer.Option(help="mask those facts out of the loss")] = False,
     resume: Annotated[bool, typer.Option(help="continue the killed run for this name and data")
                       ] = False,
+    launcher: Annotated[str | None, typer.Option(help="accelerate or torchrun: data-parallel "
+                                                      "(DDP) across --num-processes processes")
+                        ] = None,
+    num_processes: Annotated[int, typer.Option(help="processes (one per GPU) with --launcher; "
+                                                    "--batch-size is per process")] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a LoRA style adapter: data checks, held-out early stopping, an evaluation card
     (base vs adapter), and a new registry version."""
+    if launcher:
+        import subprocess
+
+        from ragtune.train.distributed import launch_command, shown, strip_launch_options
+
+        argv = sys.argv[1:]
+        args = strip_launch_options(argv[argv.index("train") + 1:] if "train" in argv else argv)
+        cmd = launch_command(launcher, num_processes, args)
+        typer.echo(f"running: {shown(cmd)}", err=True)
+        raise typer.Exit(subprocess.run(cmd).returncode)
     from ragtune.train import evaluate
     from ragtune.train.lora import TrainConfig
     from ragtune.train.recipe import TrainJob, run
@@ -663,6 +695,8 @@ def train_cmd(
         raise RagtuneError("--strip-facts needs --facts-collection COLLECTION to know the facts")
     log = (lambda *a: typer.echo(*a, err=True)) if as_json else typer.echo
     card = run(_settings(), job, cfg, log=log)
+    if not card:  # a rank other than 0 of a launched run: rank 0 reports
+        return
     if as_json:
         return _out({k: v for k, v in card.items() if k != "train_losses"})
     typer.echo(f"\nadapter {name} {card['version']}: {card['path']}\n")

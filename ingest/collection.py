@@ -203,10 +203,24 @@ class Collection:
         prune: bool = False,
         dry_run: bool = False,
         text_field: str | None = None,
+        engine: str = "local",
+        address: str | None = None,
+        workers: int | None = None,
     ) -> IngestReport:
         """Ingest files and folders: new and changed documents are (re)embedded, unchanged ones
         skipped by content hash, bad files reported and skipped. Commits every
-        `settings.commit_every` documents, so an interrupted run resumes where it stopped."""
+        `settings.commit_every` documents, so an interrupted run resumes where it stopped.
+
+        engine="ray" runs load, split and embed on a Ray cluster (`address`: None starts a local
+        one, "auto" joins a running one; `workers` embed actors) with the same rules and report
+        (see ingest/ray_engine.py); a dry run plans locally either way."""
+        if engine not in ("local", "ray"):
+            raise RagtuneError(f"ingest engine {engine!r} is unknown: use 'local' or 'ray'")
+        if engine == "ray" and not dry_run:
+            from ragtune.ingest.ray_engine import add_with_ray
+
+            return add_with_ray(self, paths, include, exclude, prune, text_field,
+                                address=address, workers=workers)
         t0 = time.time()
         report = IngestReport(self.name, dry_run=dry_run)
         files, report.skipped = walk(list(paths), include, exclude)
