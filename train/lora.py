@@ -1,5 +1,6 @@
-"""LoRA supervised fine-tuning, one process, CPU or one GPU. Reads top to bottom:
-setup -> data -> loop (accumulate, step, evaluate, early-stop, checkpoint) -> best adapter.
+"""LoRA supervised fine-tuning on CPU, one GPU, or data-parallel across processes (see
+train/distributed.py: the same loop, each rank a slice of every global batch). Reads top to
+bottom: setup -> data -> loop (accumulate, step, evaluate, early-stop, checkpoint) -> best adapter.
 
     from ragtune.train.lora import TrainConfig, train
     result = train(TrainConfig(epochs=3), model, tokenizer, train_examples, val_examples, run_dir)
@@ -23,7 +24,7 @@ import threading
 import time
 from array import array
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ import torch
 
 from ragtune.platform.errors import DamagedError, RagtuneError
 from ragtune.platform.progress import progress
+from ragtune.train import distributed
 from ragtune.train.data import Example, encode
 from ragtune.train.registry import fsync_dir, refuse_pickles, sha256_file
 
@@ -171,13 +173,17 @@ def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
 
 @torch.no_grad()
 def evaluate_loss(model: Any, data: list, batch_size: int, pad_id: int, device: str) -> float:
+    """Mean token loss over `data`; across processes each rank scores every world-th batch and
+    the sums are all-reduced, so every rank returns the global value."""
     was_training = model.training
     model.eval()
+    dd = distributed.current()
     total, count = 0.0, 0
-    for idx in length_batches([len(d[0]) for d in data], batch_size, 0, 0):
+    for idx in length_batches([len(d[0]) for d in data], batch_size, 0, 0)[dd.rank :: dd.world]:
         loss, n = token_loss_sum(model, collate([data[i] for i in idx], pad_id, device))
         total, count = total + float(loss), count + n
     model.train(was_training)
+    total, count = distributed.sum_all([total, count], device)
     return total / max(count, 1)
 
 
@@ -413,11 +419,14 @@ def data_fingerprint(*sets: list[tuple[list[int], list[int]]]) -> str:
     return h.hexdigest()
 
 
-def run_record(cfg: TrainConfig, model: Any, train_data: list, val_data: list) -> dict[str, Any]:
-    """Everything that decides what a run computes; a checkpoint carries it, a resume checks it."""
+def run_record(cfg: TrainConfig, model: Any, train_data: list, val_data: list,
+               processes: int = 1) -> dict[str, Any]:
+    """Everything that decides what a run computes; a checkpoint carries it, a resume checks it.
+    The process count is part of it: the global batch is batch_size x processes."""
     record = {"base_model": base_fingerprint(model),
               "training_data": data_fingerprint(train_data, val_data),
-              **{k: v for k, v in asdict(cfg).items() if k not in FREE_ON_RESUME}}
+              **{k: v for k, v in asdict(cfg).items() if k not in FREE_ON_RESUME},
+              "processes": processes}
     return json.loads(json.dumps(record))  # as it reads back from state.json
 
 
@@ -438,6 +447,8 @@ def _hint(key: str, value: Any, name: str | None) -> str:
         return f"--base {name}" if name else "its base model"
     if key == "training_data":
         return "the same data file, split and tokenizer"
+    if key == "processes":
+        return f"--launcher torchrun --num-processes {value}" if value > 1 else "one process"
     flag = "--" + _FLAGS.get(key, key).replace("_", "-")
     if isinstance(value, bool):
         return flag if value else f"--no-{flag[2:]}"
@@ -462,6 +473,16 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], current_names
 
 
 # -- the loop --------------------------------------------------------------------------------
+
+
+class _NoBar:
+    """The progress bar of ranks other than 0: they print nothing."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
 
 
 @contextmanager
@@ -494,8 +515,10 @@ def _start_fresh(run_dir: Path) -> None:
         shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
-def _resume_from(run_dir: Path, record: dict[str, Any], names: dict[str, str]) -> Path:
-    """The checkpoint to continue from, after checking it was made by this same run."""
+def _resume_from(run_dir: Path, record: dict[str, Any], names: dict[str, str],
+                 clean: bool = True) -> Path:
+    """The checkpoint to continue from, after checking it was made by this same run; `clean`
+    (rank 0 only when distributed) also tidies what a kill left."""
     ckpt, passed = pick_checkpoint(run_dir)
     if ckpt is None:
         why = f" ({'; '.join(passed)})" if passed else ""
@@ -504,6 +527,8 @@ def _resume_from(run_dir: Path, record: dict[str, Any], names: dict[str, str]) -
     if passed:
         log.warning("resuming from %s: %s", ckpt.name, "; ".join(passed))
     check_same_run(json.loads((ckpt / "state.json").read_text()), record, names, ckpt)
+    if not clean:
+        return ckpt
     shutil.rmtree(run_dir / f"{CHECKPOINT}.tmp", ignore_errors=True)  # never trusted
     best, best_old = run_dir / "best", run_dir / "best.old"
     if not best.exists() and best_old.exists():  # killed while swapping the best adapter in
@@ -525,8 +550,12 @@ def train(
     """Train LoRA on `model` (a plain transformers model, already on its device). Returns the
     best adapter's folder. Ctrl-C saves a checkpoint of the last finished step first;
     `resume=True` continues from the last complete checkpoint, refusing one made with other
-    settings, base model or data. `on_step(step, loss)` runs after each finished step."""
+    settings, base model or data. `on_step(step, loss)` runs after each finished step.
+    Launched across processes (train/distributed.py), `cfg.batch_size` is per process: a step
+    covers batch_size x processes examples, and only rank 0 writes files."""
     from transformers import get_cosine_schedule_with_warmup
+
+    dd = distributed.current()
 
     device = str(next(model.parameters()).device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -534,17 +563,28 @@ def train(
     val_data = encode_all(tokenizer, val_examples)
     if not train_data:
         raise RagtuneError("no training example has assistant tokens to learn from")
-    record = run_record(cfg, model, train_data, val_data)
+    record = run_record(cfg, model, train_data, val_data, dd.world)
     names = {"base_model": str(getattr(model.config, "_name_or_path", "") or "")}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = _resume_from(run_dir, record, names) if resume else _start_fresh(run_dir)
-    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    if dd.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = None
+    if resume:
+        ckpt = _resume_from(run_dir, record, names, clean=dd.main)
+    elif dd.main:
+        _start_fresh(run_dir)
+    if dd.main:
+        (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    distributed.barrier()
 
     torch.manual_seed(cfg.seed)
-    model = add_lora(model, cfg)
+    model = add_lora(model, cfg)  # the same init on every rank (DDP also broadcasts rank 0's)
     model.train()
+    if dd.rank:
+        torch.manual_seed(cfg.seed * 1_000 + dd.rank)  # each rank its own dropout masks
+    net = distributed.wrap(model, token_loss_sum, device)
+    global_batch = cfg.batch_size * dd.world
     lengths = [len(ids) for ids, _ in train_data]
-    batches_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
+    batches_per_epoch = math.ceil(len(train_data) / global_batch)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
@@ -565,12 +605,25 @@ def train(
         state = loaded["state"]
         result.history, result.train_losses = loaded["history"], loaded["train_losses"]
         result.best_val_loss, result.best_step = loaded["best_val_loss"], loaded["best_step"]
+        if dd.rank:  # the checkpoint holds rank 0's RNG: the others draw their own again
+            torch.manual_seed(cfg.seed * 1_000 + dd.rank + 7_919 * state["step"])
 
-    def checkpoint() -> None:
-        save_checkpoint(run_dir, model, opt, sched, {
-            "state": state, "history": result.history, "train_losses": result.train_losses,
-            "best_val_loss": result.best_val_loss, "best_step": result.best_step,
-            "run": record, "run_names": names})
+    def checkpoint(synced: bool = True) -> None:
+        """Rank 0 writes; with `synced`, every rank waits for the write (barriers around it)."""
+        if synced:
+            distributed.barrier()
+        if dd.main:
+            save_checkpoint(run_dir, model, opt, sched, {
+                "state": state, "history": result.history, "train_losses": result.train_losses,
+                "best_val_loss": result.best_val_loss, "best_step": result.best_step,
+                "run": record, "run_names": names})
+        if synced:
+            distributed.barrier()
+
+    def keep_best() -> None:
+        if dd.main:
+            save_adapter(model, result.best_dir)
+        distributed.barrier()
 
     def validate(epoch: float) -> bool:
         """Evaluate, keep the best adapter; True when patience has run out."""
@@ -579,7 +632,7 @@ def train(
         if not val_data or val < result.best_val_loss:
             result.best_val_loss, result.best_step = val, state["step"]
             state["bad_evals"] = 0
-            save_adapter(model, result.best_dir)
+            keep_best()
             return False
         state["bad_evals"] += 1
         return state["bad_evals"] >= cfg.patience
@@ -588,20 +641,34 @@ def train(
     done = state["step"] >= total_steps
     whole = True  # state describes finished steps only: a checkpoint of it is resumable
     try:
-        with _held_interrupts() as interrupted, progress(total_steps, "train", unit="step") as bar:
+        bar_cm = progress(total_steps, "train", unit="step") if dd.main else nullcontext(_NoBar())
+        with _held_interrupts() as interrupted, bar_cm as bar:
             bar.update(state["step"])
             while not done and state["epoch"] < cfg.epochs:
-                batches = length_batches(lengths, cfg.batch_size, cfg.seed, state["epoch"])
+                batches = length_batches(lengths, global_batch, cfg.seed, state["epoch"])
                 while state["batch"] < len(batches) and not done:
                     whole = False
                     window = batches[state["batch"] : state["batch"] + cfg.grad_accum]
                     rows = [[train_data[i] for i in idx] for idx in window]
+                    # every rank knows the global token count: each scales its slice's loss
+                    # sum by world / n_tokens, and DDP's gradient average undoes the world
                     n_tokens = sum(sum(lab != -100 for lab in r[1]) for b in rows for r in b)
                     loss_total = 0.0
-                    for b in rows:
-                        loss, _ = token_loss_sum(model, collate(b, pad_id, device))
-                        (loss / n_tokens).backward()
-                        loss_total += loss.item()
+                    for k, idx in enumerate(window):
+                        mine = distributed.shard(idx, dd.rank, dd.world)
+                        last = k == len(window) - 1
+                        with nullcontext() if last or not dd.enabled else net.no_sync():
+                            # a rank without examples in a short last batch still joins the
+                            # gradient all-reduce, with a zero-weighted forward
+                            part = [train_data[i] for i in mine] or [train_data[idx[0]]]
+                            loss, _ = net(collate(part, pad_id, device))
+                            (loss * (dd.world / n_tokens if mine else 0.0)).backward()
+                        loss_total += loss.item() if mine else 0.0
+                    if dd.enabled:  # the global loss; and a Ctrl-C on any rank stops them all
+                        loss_total, stop = distributed.sum_all([loss_total, len(interrupted)],
+                                                               device)
+                        if stop and not interrupted:
+                            interrupted.append(signal.SIGINT)
                     torch.nn.utils.clip_grad_norm_(params, 1.0)
                     opt.step()
                     sched.step()
@@ -637,14 +704,14 @@ def train(
                     if end_of_epoch:
                         break  # the next epoch draws its own batch order
     except KeyboardInterrupt:
-        if whole:
-            checkpoint()  # the last finished optimizer step: --resume continues from here
+        if whole:  # the last finished optimizer step: --resume continues from here
+            checkpoint(synced=False)  # other ranks may already be gone: no barrier
         raise
     result.steps = state["step"]
     result.seconds = state["seconds"]
     result.tokens_per_s = state["tokens"] / max(state["seconds"], 1e-9)
     if not result.best_dir.exists():
-        save_adapter(model, result.best_dir)
+        keep_best()
     else:  # end on the best weights, not the last (early stopping's point)
         from peft import set_peft_model_state_dict
 

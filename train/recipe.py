@@ -2,6 +2,8 @@
 
 Reads top to bottom, like a torchtune recipe. Each run works in `jobs/train-<name>-<id>/`
 (checkpoints, the best adapter); only a finished, evaluated adapter becomes a registry version.
+Under a launcher (`--launcher torchrun|accelerate`) every process runs this recipe up to the end
+of training; rank 0 alone then evaluates, registers and prints.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from ragtune.platform.errors import RagtuneError
 from ragtune.platform.models import load_generator, resolve_generator
 from ragtune.platform.prompt import chat_template_hash
 from ragtune.platform.settings import Settings
+from ragtune.train import distributed, registry
 from ragtune.train import evaluate as ev
-from ragtune.train import registry
 from ragtune.train.data import load_examples
 from ragtune.train.lora import TrainConfig, train
 
@@ -61,8 +63,11 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
         except (OSError, ValueError) as e:
             raise RagtuneError(f"--json-schema {job.json_schema}: not a readable JSON file ({e})") from e
 
-    # -- setup: base model and tokenizer on the best device --------------------------------
-    model, tokenizer = load_generator(base, settings, device=cfg.device)
+    # -- setup: join the other processes (when launched); base model on this rank's device ---
+    dd, device = distributed.setup(cfg.device)
+    if not dd.main:
+        log = _silent
+    model, tokenizer = load_generator(base, settings, device=device)
 
     # -- data -------------------------------------------------------------------------------
     report = load_examples(job.data, tokenizer, cfg.max_seq_len, job.strict, job.val_fraction,
@@ -103,15 +108,23 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
 
     run_dir = run_dir_for(settings, job, report.sha256)
     earlier = [run_dir / n for n in ("checkpoint", "checkpoint.old") if (run_dir / n).exists()]
+    if job.resume and not earlier:
+        _explain_missing_run(settings, job, run_dir)
+    distributed.barrier()  # every rank has looked before rank 0 removes anything
     if not job.resume and earlier:
         log(f"note: {run_dir} holds a checkpoint from an earlier run; starting over "
             "(pass --resume to continue it)")
-        shutil.rmtree(run_dir)
-    if job.resume and not earlier:
-        _explain_missing_run(settings, job, run_dir)
+        if dd.main:
+            shutil.rmtree(run_dir)
 
     # -- train ------------------------------------------------------------------------------
-    result = train(cfg, model, tokenizer, train_set, val_set, run_dir, resume=job.resume)
+    try:
+        result = train(cfg, model, tokenizer, train_set, val_set, run_dir, resume=job.resume)
+        distributed.barrier()
+    finally:
+        distributed.teardown()
+    if not dd.main:
+        return {}  # rank 0 evaluates and registers
     log(f"trained {result.steps} steps in {result.seconds:.0f}s ({result.tokens_per_s:.0f} tok/s, "
         f"{result.device} {result.dtype}); best validation loss {result.best_val_loss:.4f} at step "
         f"{result.best_step}" + ("; stopped early" if result.stopped_early else ""))
@@ -176,6 +189,10 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
     card["path"] = str(version_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # the version folder now holds what matters
     return card
+
+
+def _silent(*args: Any) -> None:
+    """The log of ranks other than 0."""
 
 
 def _explain_missing_run(settings: Settings, job: TrainJob, run_dir: Path) -> None:
