@@ -27,7 +27,7 @@ from ragtune.ingest.splitter import Chunk, SplitConfig, TokenSplitter
 from ragtune.platform.errors import RagtuneError
 from ragtune.platform.progress import progress
 
-DOCS_PER_BATCH = 8  # documents per load+split call: small, so results stream back early
+DOCS_PER_BATCH = 2  # documents per load+split call: small blocks, so every embed actor gets work
 CHUNKS_PER_BATCH = 64  # chunks per embed call (the Embedder batches further inside)
 SPLIT_CPUS = 0.5  # logical CPUs per load+split actor: tokenising is cheap next to embedding
 
@@ -161,7 +161,7 @@ def pipeline(ray: Any, col: Any, todo: list[Path], text_field: str | None, worke
     s = col.settings
     emb = col.embedder
     items = [{"doc": i, "path": str(p)} for i, p in enumerate(todo)]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * workers)))
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 256)))
     ds = ds.map_batches(
         LoadSplit, batch_size=DOCS_PER_BATCH, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=1), num_cpus=SPLIT_CPUS,

@@ -1,0 +1,155 @@
+"""Ray ingest scaling: chunks/s with 1 and 2 Ray embed workers on this machine, RSS per worker,
+and a linear projection per added node.
+
+    python bench/ingest_scale.py            # the benchmark corpus of bench/ingest.py (~2-3 min)
+    python bench/ingest_scale.py --limit 8  # a smoke run
+
+Corpus and helpers: bench/ingest.py (Python's reference docs, one file per topic). Each worker
+count gets a fresh local Ray (`num_cpus` = workers + 1: the embed actors plus the load+split
+actor and the driver) and a fresh collection; the model is the default embedder. The local
+engine is measured too, as the baseline. Wall time includes Ray start-up inside `add` (actors
+loading the model), as a user sees it. The per-node figure is a PROJECTION, not a measurement:
+the measured per-worker rate times the workers a node would run, assuming the driver's write
+path keeps up. Writes bench/results/ingest_scale.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ingest import RESULTS, timed, write_corpus  # noqa: E402  (bench/ingest.py)
+
+
+class RssSampler:
+    """Peak resident memory of each Ray embed actor process (Linux /proc; title `ray::...Embed`)."""
+
+    def __init__(self, marker: str = "Embed", every: float = 0.5):
+        self.marker, self.every, self.peak = marker, every, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for proc in Path("/proc").iterdir():
+                if not proc.name.isdigit():
+                    continue
+                try:
+                    cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+                    if not cmd.startswith("ray::") or self.marker not in cmd:
+                        continue
+                    for line in (proc / "status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            kb = int(line.split()[1])
+                            self.peak[proc.name] = max(self.peak.get(proc.name, 0), kb)
+                except OSError:
+                    continue
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_ray(settings, corpus: Path, workers: int) -> dict:
+    import ray
+
+    from ragtune import Collection
+
+    ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=False)
+    try:
+        col = Collection.open(f"ray{workers}", settings)
+        _ = col.embedder  # the driver's copy (tokenizer, identity) outside the timed region
+        with RssSampler() as rss:
+            report, secs = timed(col.add, [corpus], engine="ray", workers=workers)
+    finally:
+        ray.shutdown()
+    mb = [v / 1024 for v in rss.peak.values()]
+    return {"workers": workers, "chunks": report.chunks_added, "seconds": secs,
+            "chunks_per_s": report.chunks_added / secs,
+            "actor_rss_mb": sorted(round(m, 1) for m in mb),
+            "rss_mb_per_worker": round(max(mb), 1) if mb else None}
+
+
+def markdown(res: dict) -> str:
+    rows = [f"| local (1 process, {res['torch_threads']} torch threads) | {res['local']['chunks']} | "
+            f"{res['local']['seconds']:.1f} | {res['local']['chunks_per_s']:.1f} | - |"]
+    for r in res["ray"]:
+        rows.append(f"| ray, {r['workers']} worker(s) | {r['chunks']} | {r['seconds']:.1f} | "
+                    f"{r['chunks_per_s']:.1f} | {r['rss_mb_per_worker']} |")
+    p = res["projection"]
+    return "\n".join([
+        "# Ray ingest scaling", "",
+        f"{res['documents']} documents (bench/ingest.py corpus), embedder {res['embedder']}, "
+        f"{res['cpus']} CPU cores (shared), {res['machine']}, Python {res['python']}, "
+        f"ray {res['ray_version']}. Wall time of `Collection.add` including Ray start-up.", "",
+        "| engine | chunks | s | chunks/s | RSS per worker (MB) |", "|---|---|---|---|---|",
+        *rows, "",
+        "## Projection (not measured)", "",
+        f"Per-worker rate: {p['per_worker_chunks_per_s']:.1f} chunks/s (the best measured run's "
+        f"rate divided by its workers). Linear projection: each added node of N CPU workers adds "
+        f"about N x {p['per_worker_chunks_per_s']:.1f} chunks/s, e.g. "
+        f"+{p['per_8_cpu_node_chunks_per_s']:.0f} chunks/s for an 8-worker CPU node, as long as "
+        "the single driver's writes (SQLite + FAISS, one generation per commit_every documents) "
+        "keep up. GPU workers were not measured here.", ""])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--limit", type=int, default=None, help="only the first N topics")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+
+    import ray
+    import torch
+
+    from ragtune import Collection
+    from ragtune.platform.settings import Settings
+
+    with tempfile.TemporaryDirectory(prefix="ragtune-scale-") as tmp:
+        tmp = Path(tmp)
+        settings = Settings(home=tmp / "home")
+        names = write_corpus(tmp / "pydoc", args.limit)
+        local = Collection.open("local", settings)
+        _ = local.embedder
+        report, secs = timed(local.add, [tmp / "pydoc"])
+        res = {
+            "time": time.time(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0],
+            "ray_version": ray.__version__, "embedder": settings.embedder,
+            "documents": len(names),
+            "local": {"chunks": report.chunks_added, "seconds": secs,
+                      "chunks_per_s": report.chunks_added / secs},
+            "ray": [run_ray(settings, tmp / "pydoc", w) for w in (1, 2)],
+        }
+    for r in res["ray"]:
+        assert r["chunks"] == res["local"]["chunks"], "ray and local must ingest the same chunks"
+    per_worker = max(r["chunks_per_s"] / r["workers"] for r in res["ray"])
+    res["projection"] = {"kind": "linear projection from the measured per-worker rate (not measured)",
+                         "per_worker_chunks_per_s": per_worker,
+                         "per_8_cpu_node_chunks_per_s": 8 * per_worker}
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "ingest_scale" if args.limit is None else "ingest_scale-quick"
+    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2))
+    md = markdown(res)
+    (args.out / f"{stem}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
