@@ -247,17 +247,7 @@ class VllmBackend:
             self._loop)
         return handle
 
-    def generate(self, messages: list[dict[str, str]], params: GenParams | None = None,
-                 model: str | None = None) -> tuple[str, GenEvent]:
-        """Blocking convenience: the whole completion text and its last event."""
-        ref = self.resolve_model(model)
-        handle = self.submit(self.prompt_ids(messages), params or GenParams(), ref.adapter,
-                             ref.folder)
-        text, last = "", GenEvent()
-        for ev in handle.events():
-            text += ev.text
-            last = ev
-        return text, last
+    generate = Engine.generate  # the blocking convenience, over this backend's submit
 
     def queue_depth(self) -> int:
         return self._waiting

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.platform.errors import DamagedError, DiskFullError, NotFoundError, RagtuneError
-from ragtune.platform.files import write_json
+from ragtune.platform.files import fsync_dir, write_json
 from ragtune.platform.settings import Settings
 
 META = "ragtune_adapter.json"
@@ -76,15 +76,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or a new file in `folder` durable (a power cut cannot undo it)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_tree(folder: Path) -> None:
