@@ -86,19 +86,51 @@ def run_ray(settings, corpus: Path, workers: int) -> dict:
             "rss_mb_per_worker": round(max(mb), 1) if mb else None}
 
 
+def content(settings, name: str) -> dict:
+    """(source, position) -> (chunk text, vector) of one collection: what "the same results"
+    compares (chunk ids differ between collections, their places do not)."""
+    from ragtune import Collection
+
+    col = Collection.open(name, settings, create=False)
+    db = col.store.connect()
+    try:
+        rows = db.execute("SELECT c.id, d.source, c.position, c.text FROM chunks c "
+                          "JOIN documents d ON c.doc_id=d.id").fetchall()
+        dim = int(col.store.get_meta(db, "embedder")["dim"])
+        ids, vecs = col.store.vectors(db).snapshot(db, dim).vectors()
+    finally:
+        db.close()
+        col.close()
+    by_id = dict(zip(ids.tolist(), vecs, strict=True))
+    return {(r[1], r[2]): (r[3], by_id[r[0]]) for r in rows}
+
+
+def compare(local: dict, other: dict) -> dict:
+    import numpy as np
+
+    same = local.keys() == other.keys() and all(local[k][0] == other[k][0] for k in local)
+    diff = max((float(np.abs(local[k][1] - other[k][1]).max()) for k in local if k in other),
+               default=0.0)
+    return {"same_documents_and_chunk_texts": same, "max_vector_diff": diff}
+
+
 def markdown(res: dict) -> str:
     rows = [f"| local (1 process, {res['torch_threads']} torch threads) | {res['local']['chunks']} | "
-            f"{res['local']['seconds']:.1f} | {res['local']['chunks_per_s']:.1f} | - |"]
+            f"{res['local']['seconds']:.1f} | {res['local']['chunks_per_s']:.1f} | - | (baseline) |"]
     for r in res["ray"]:
+        v = r.get("versus_local", {})
         rows.append(f"| ray, {r['workers']} worker(s) | {r['chunks']} | {r['seconds']:.1f} | "
-                    f"{r['chunks_per_s']:.1f} | {r['rss_mb_per_worker']} |")
+                    f"{r['chunks_per_s']:.1f} | {r['rss_mb_per_worker']} | "
+                    f"{'yes' if v.get('same_documents_and_chunk_texts') else 'NO'}, "
+                    f"{v.get('max_vector_diff', float('nan')):.1e} |")
     p = res["projection"]
     return "\n".join([
         "# Ray ingest scaling", "",
         f"{res['documents']} documents (bench/ingest.py corpus), embedder {res['embedder']}, "
         f"{res['cpus']} CPU cores (shared), {res['machine']}, Python {res['python']}, "
         f"ray {res['ray_version']}. Wall time of `Collection.add` including Ray start-up.", "",
-        "| engine | chunks | s | chunks/s | RSS per worker (MB) |", "|---|---|---|---|---|",
+        "| engine | chunks | s | chunks/s | RSS per worker (MB) | same chunks as local, max vector diff |",
+        "|---|---|---|---|---|---|",
         *rows, "",
         "## Projection (not measured)", "",
         f"Per-worker rate: {p['per_worker_chunks_per_s']:.1f} chunks/s (the best measured run's "
@@ -137,8 +169,13 @@ def main() -> None:
                       "chunks_per_s": report.chunks_added / secs},
             "ray": [run_ray(settings, tmp / "pydoc", w) for w in (1, 2)],
         }
+        baseline = content(settings, "local")
+        for r in res["ray"]:
+            r["versus_local"] = compare(baseline, content(settings, f"ray{r['workers']}"))
     for r in res["ray"]:
         assert r["chunks"] == res["local"]["chunks"], "ray and local must ingest the same chunks"
+        assert r["versus_local"]["same_documents_and_chunk_texts"], "ray and local differ"
+        assert r["versus_local"]["max_vector_diff"] < 1e-4, r["versus_local"]
     per_worker = max(r["chunks_per_s"] / r["workers"] for r in res["ray"])
     res["projection"] = {"kind": "linear projection from the measured per-worker rate (not measured)",
                          "per_worker_chunks_per_s": per_worker,
