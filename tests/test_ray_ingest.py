@@ -3,12 +3,13 @@ incremental rules hold (unchanged skipped, changed replaced, pruned). Ray runs l
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import ray  # the dev extra installs it: a missing Ray fails here, it is not skipped
 
-ray = pytest.importorskip("ray")
-
-from ragtune.ingest.collection import Collection  # noqa: E402
+from ragtune.ingest.collection import Collection
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -86,3 +87,21 @@ def test_missing_ray_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray.data", None)  # as if only the extra were missing
     with pytest.raises(RagtuneError, match=r"pip install 'ragtune\[ray\]'"):
         require_ray()
+
+
+def test_the_cli_ingests_with_ray_and_prints_the_same_summary(tiny_settings, corpus):
+    from typer.testing import CliRunner
+
+    from ragtune.cli import app
+
+    runner = CliRunner()
+    local = runner.invoke(app, ["ingest", str(corpus), "--collection", "cli-local", "--json"])
+    remote = runner.invoke(app, ["ingest", str(corpus), "--collection", "cli-ray", "--json",
+                                 "--engine", "ray", "--workers", "1"])
+    assert local.exit_code == 0 and remote.exit_code == 0, remote.output[-800:]
+    a, b = json.loads(local.stdout), json.loads(remote.stdout)
+    for key in ("ingested", "skipped", "chunks_added", "generation"):
+        assert a[key] == b[key], key
+    again = runner.invoke(app, ["ingest", str(corpus), "--collection", "cli-ray", "--json",
+                                "--engine", "ray"])
+    assert json.loads(again.stdout)["unchanged"] == a["ingested"]
