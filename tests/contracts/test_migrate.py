@@ -10,7 +10,6 @@ from ragtune import Collection
 from ragtune.cli import app
 from ragtune.platform.errors import RagtuneError
 
-pytest.importorskip("pymilvus", reason="pip install 'ragtune[milvus]'")
 runner = CliRunner()
 
 

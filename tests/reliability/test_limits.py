@@ -188,10 +188,11 @@ def test_oversize_upload_is_413_with_nothing_stored_and_no_job(limited, spy, dec
     try:
         r = httpx.post(limited.url + "/v1/collections/docs/documents", content=content,
                        headers=UPLOAD_HEADERS, timeout=60)
-    except httpx.WriteError:  # the server may answer and close before the client is done
-        pytest.skip("the client could not read the 413 after the server closed")
-    assert r.status_code == 413, r.text
-    assert "RAGTUNE_MAX_UPLOAD_MB" in r.json()["error"]["message"]
+    except httpx.WriteError:  # the server answered and closed before the client was done:
+        r = None              # the client cannot read the 413, the checks below still hold
+    if r is not None:
+        assert r.status_code == 413, r.text
+        assert "RAGTUNE_MAX_UPLOAD_MB" in r.json()["error"]["message"]
     assert spy["job"] == 0 and spy["encode"] == 0, spy
     after = sorted(uploads.rglob("*")) if uploads.exists() else []
     assert after == before, "an oversize upload left a file behind"
