@@ -32,10 +32,11 @@ from typing import Any
 import torch
 
 from ragtune.platform.errors import DamagedError, RagtuneError
+from ragtune.platform.files import fsync_dir
 from ragtune.platform.progress import progress
 from ragtune.train import distributed
 from ragtune.train.data import Example, encode
-from ragtune.train.registry import fsync_dir, refuse_pickles, sha256_file
+from ragtune.train.registry import refuse_pickles, sha256_file
 
 log = logging.getLogger(__name__)
 
