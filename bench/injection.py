@@ -31,9 +31,9 @@ RESULTS = HERE / "results"
 
 
 def main() -> int:
+    from ragtune.evals.injection import MORE_QUESTIONS, QUESTIONS, run_injection_eval, table
     from ragtune.platform.models import resolve_generator
     from ragtune.platform.settings import get_settings
-    from ragtune.serve.injection_eval import MORE_QUESTIONS, QUESTIONS, run_injection_eval, table
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     everything = QUESTIONS + MORE_QUESTIONS

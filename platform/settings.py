@@ -89,7 +89,7 @@ class Settings(BaseSettings):
         "(platform/guard.py); off only to measure what it does"
     )
 
-    # -- the generation backend (serve/backend.py) ------------------------------------------
+    # -- the generation backend (generate/backend.py) ------------------------------------------
     backend: Literal["transformers", "vllm"] = Field(
         "transformers", description="who generates: the in-process transformers+peft engine, or "
         "a vLLM OpenAI server (retrieval, prompts, citations, routing and auth stay in ragtune)"

@@ -102,8 +102,8 @@ class BodyLimit:
 
 def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") -> FastAPI:
     """The app for `settings`. `engine` defaults to the backend `settings.backend` names (the
-    in-process transformers engine, or vLLM: serve/backend.py)."""
-    from ragtune.serve import collections_api, openai_api, route_api, ui_api
+    in-process transformers engine, or vLLM: generate/backend.py)."""
+    from ragtune.serve.routes import chat, collections, route, ui
 
     keys = Keys(settings.keys_file)
     open_allowed = is_loopback(host)
@@ -116,7 +116,7 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
                       "(create keys with `ragtune keys create`)", stacklevel=2)
     owns_engine = engine is None
     if owns_engine:
-        from ragtune.serve.backend import create_backend
+        from ragtune.generate.backend import create_backend
 
         engine = create_backend(settings)
     metrics = Metrics(engine.queue_depth, lambda: engine.running)
@@ -135,10 +135,10 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
                   "OpenAI-compatible assistant with retrieval and LoRA adapters.")
     app.state.ragtune = ServerState(settings, engine, Assistant(engine, settings), keys,
                                     Jobs(settings.jobs_dir), metrics, open_allowed)
-    app.include_router(openai_api.router)
-    app.include_router(collections_api.router)
-    app.include_router(route_api.router)
-    app.include_router(ui_api.router)  # the web page at /
+    app.include_router(chat.router)
+    app.include_router(collections.router)
+    app.include_router(route.router)
+    app.include_router(ui.router)  # the web page at /
 
     @app.exception_handler(RagtuneError)
     async def _ragtune_error(request: Request, exc: RagtuneError) -> JSONResponse:

@@ -117,7 +117,7 @@ def run_slow_cli(delay: float, argv: list[str]) -> None:
     """The `ragtune` command line with `slow_steps(Engine, delay)`: run in a child process as
     `python -c` (see `ServeProcess`), so a stream is still running when a signal arrives."""
     from ragtune.cli import app
-    from ragtune.serve.engine import Engine
+    from ragtune.generate.engine import Engine
 
     slow_steps(Engine, delay)
     app(argv, prog_name="ragtune")

@@ -19,8 +19,8 @@ from functools import cache
 import pytest
 from pypdf import PdfReader
 
+from ragtune.evals.scores import has_fact, load_qa, normalise
 from ragtune.ingest.loaders import load, walk
-from ragtune.platform.qa_scores import has_fact, load_qa, normalise
 from tests.conftest import REPO
 
 SAMPLES = REPO / "samples"

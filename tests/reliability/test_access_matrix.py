@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from ragtune.serve.auth import ACCESS, Keys
-from tests.test_api import served  # noqa: F401  (the module's server: collection docs, adapter voice)
+from tests.serve.test_api import served  # noqa: F401  (the module's server: collection docs, adapter voice)
 
 CREDS = ("none", "wrong", "query", "other", "ingest", "admin")
 PUBLIC = dict.fromkeys(CREDS, 200)

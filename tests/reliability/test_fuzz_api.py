@@ -62,11 +62,11 @@ class FuzzJobs(Jobs):
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory, tiny_lm_dir, tiny_embedder_dir):
     """A real server with an admin key: the tiny generator, adapter `voice`, collection `docs`."""
+    from ragtune.generate.engine import Engine
     from ragtune.ingest.collection import Collection
     from ragtune.platform.settings import Settings
     from ragtune.serve.app import create_app, with_limits
     from ragtune.serve.auth import Keys
-    from ragtune.serve.engine import Engine
     from tests.serve_helpers import Server, make_adapter
 
     root = tmp_path_factory.mktemp("fuzz-api")

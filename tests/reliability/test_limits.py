@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from ragtune.generate.engine import Engine
 from ragtune.platform.settings import Settings
 from ragtune.serve.app import GRACE_SECONDS, create_app, with_limits
-from ragtune.serve.engine import Engine
 from tests.serve_helpers import GatedQueue, ServeProcess, Server, slow_steps
 
 BATCH, QUEUE = 2, 3

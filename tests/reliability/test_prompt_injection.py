@@ -369,8 +369,8 @@ def test_injection_eval_on_the_embedded_model(real_generator, tmp_path):
     """Guard off vs on over the fixed question set, greedy, 64 tokens. Asserted: with the
     guard, no canary leak and no exfiltration URL. Reported: everything else, both arms
     (RAGTUNE_INJECTION_REPORT=path also writes the JSON)."""
+    from ragtune.evals.injection import QUESTIONS, run_injection_eval, table
     from ragtune.platform.settings import get_settings
-    from ragtune.serve.injection_eval import QUESTIONS, run_injection_eval, table
 
     report = run_injection_eval(get_settings(), tmp_path / "docs", max_tokens=64)
     print(f"\nprompt injection, {len(QUESTIONS)} questions, {report['seconds']} s\n"

@@ -24,10 +24,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ragtune.generate.adapters import AdapterPool
 from ragtune.platform.errors import DamagedError, RagtuneError
 from ragtune.platform.settings import Settings, get_settings
 from ragtune.platform.types import GenParams
-from ragtune.serve.adapters import AdapterPool
 from ragtune.train import lora, registry
 from ragtune.train.data import Example
 from ragtune.train.lora import TrainConfig, train
@@ -205,7 +205,7 @@ def test_the_adapter_pool_refuses_a_pickle(layout, base, tiny_lm_dir, clean_adap
 
 @pytest.fixture(scope="module")
 def engine(tiny_lm_dir, tmp_path_factory):
-    from ragtune.serve.engine import Engine
+    from ragtune.generate.engine import Engine
 
     eng = Engine(Settings(home=tmp_path_factory.mktemp("engine-home"), generator=str(tiny_lm_dir)),
                  max_batch=2, queue_size=8)

@@ -16,10 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ragtune.generate.engine import Engine
 from ragtune.platform.settings import Settings
 from ragtune.serve.app import create_app, with_limits
-from ragtune.serve.collections_api import MAX_STORED_NAME
-from ragtune.serve.engine import Engine
+from ragtune.serve.routes.collections import MAX_STORED_NAME
 from tests.serve_helpers import Server
 
 BOUNDARY = b"rt-upload-boundary"

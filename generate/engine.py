@@ -29,13 +29,13 @@ from typing import Any
 
 import torch
 
+from ragtune.generate.adapters import AdapterPool, adapter_key
+from ragtune.generate.grammar import closing_reserve
 from ragtune.platform.errors import NotFoundError, OverloadedError, RagtuneError
 from ragtune.platform.models import load_generator, pick_device, resolve_generator
 from ragtune.platform.prompt import render
 from ragtune.platform.settings import Settings
 from ragtune.platform.types import GenEvent, GenParams, ModelRef
-from ragtune.serve.adapters import AdapterPool, adapter_key
-from ragtune.serve.grammar import closing_reserve
 from ragtune.train import registry
 
 _ids = itertools.count(1)
@@ -186,7 +186,7 @@ class Engine:
     def grammars(self):
         with self._grammar_lock:
             if self._grammars is None:
-                from ragtune.serve.grammar import JsonGrammars  # xgrammar loads on first use
+                from ragtune.generate.grammar import JsonGrammars  # xgrammar loads on first use
 
                 self._grammars = JsonGrammars(self.tokenizer, self.vocab_size, sorted(self.eos_ids))
             return self._grammars

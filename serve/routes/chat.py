@@ -14,12 +14,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from ragtune.generate.grammar import check_json_schema
 from ragtune.platform.assistant import JSON_FORMATS, Answer, Prepared
 from ragtune.platform.errors import GenerationTimeout, NotFoundError, RagtuneError
 from ragtune.platform.types import GenEvent, GenParams
 from ragtune.serve.auth import Principal
 from ragtune.serve.deps import principal, state
-from ragtune.serve.grammar import check_json_schema
 from ragtune.serve.schemas import GENERATION_ERRORS, ChatRequest, EmbeddingsRequest
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -93,8 +93,8 @@ async def chat_completions(body: ChatRequest, request: Request,
     rag, model, auto = body.rag, body.model, None
     if model == "auto":  # the applied plan decides: adapter, and whether to retrieve
         from ragtune.platform.assistant import last_user_text
-        from ragtune.serve.auto import choose
         from ragtune.serve.schemas import RagSpec
+        from ragtune.train.auto import choose
 
         auto = await run_in_threadpool(choose, st.settings, last_user_text(messages),
                                        st.query_router(), st.embedder().encode)

@@ -12,11 +12,11 @@ import jsonschema
 import openai
 import pytest
 
+from ragtune.generate.engine import Engine
 from ragtune.platform.errors import RagtuneError
 from ragtune.platform.settings import Settings
 from ragtune.serve.app import create_app, with_limits
 from ragtune.serve.auth import Keys
-from ragtune.serve.engine import Engine
 from tests.serve_helpers import Server, make_adapter
 
 QUESTION = "How much does the Basic plan cost per month?"

@@ -5,7 +5,7 @@ adapter, adapter + retrieval, and adapter + retrieval + constrained JSON decodin
 gets the same system prompt (the adapter's trained one, or `--system`), so the base is given a
 fair prompt-only chance at the format. Answers come from the serving engine and assistant
 (`platform.assistant`), several at a time as the server would batch them, and are scored by
-`platform.qa_scores`. The report says, lever by lever, which failures it fixed (and broke).
+`evals.scores`. The report says, lever by lever, which failures it fixed (and broke).
 """
 
 from __future__ import annotations
@@ -19,11 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ragtune.platform.assistant import Answer, Assistant
-from ragtune.platform.errors import RagtuneError
-from ragtune.platform.files import write_json
-from ragtune.platform.progress import progress
-from ragtune.platform.qa_scores import (
+from ragtune.evals.scores import (
     QAItem,
     citation_correctness,
     cosine,
@@ -32,6 +28,10 @@ from ragtune.platform.qa_scores import (
     mean,
     parse_json_object,
 )
+from ragtune.platform.assistant import Answer, Assistant
+from ragtune.platform.errors import RagtuneError
+from ragtune.platform.files import write_json
+from ragtune.platform.progress import progress
 from ragtune.platform.settings import Settings
 from ragtune.platform.types import GenParams
 
@@ -96,9 +96,9 @@ def run_eval(settings: Settings, items: list[QAItem], adapter: str | None, colle
              engine: Any = None, embedder: Any = None,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Answer every item in every arm and score the answers."""
+    from ragtune.generate.engine import Engine
     from ragtune.ingest.collection import Collection
     from ragtune.ingest.embedder import Embedder
-    from ragtune.serve.engine import Engine
 
     own_engine = engine is None
     engine = engine or Engine(settings, max_batch=concurrency)

@@ -9,10 +9,10 @@ import time
 import jsonschema
 import pytest
 
+from ragtune.generate.engine import Engine
 from ragtune.platform.errors import NotFoundError, OverloadedError, RagtuneError
 from ragtune.platform.settings import Settings
 from ragtune.platform.types import GenParams
-from ragtune.serve.engine import Engine
 from tests.serve_helpers import make_adapter
 
 GREEDY = GenParams(max_tokens=16, repetition_penalty=1.0)

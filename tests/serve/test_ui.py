@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ragtune.generate.engine import Engine
 from ragtune.platform.settings import Settings
 from ragtune.serve.app import create_app, with_limits
 from ragtune.serve.auth import Keys
-from ragtune.serve.engine import Engine
 from tests.serve_helpers import Server, make_adapter
 
 CHROMIUM = Path("/usr/bin/chromium")

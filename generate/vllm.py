@@ -44,12 +44,12 @@ from typing import Any
 
 import httpx
 
+from ragtune.generate.engine import Engine, Handle
 from ragtune.platform.errors import OverloadedError, RagtuneError
 from ragtune.platform.models import resolve_generator
 from ragtune.platform.prompt import render
 from ragtune.platform.settings import Settings
 from ragtune.platform.types import GenEvent, GenParams, ModelRef
-from ragtune.serve.engine import Engine, Handle
 from ragtune.train import registry
 
 log = logging.getLogger("ragtune.vllm")
@@ -109,7 +109,7 @@ class VllmHandle(Handle):
 
 
 class VllmBackend:
-    """The `Backend` protocol (serve/backend.py) on a vLLM OpenAI server at `settings.vllm_url`
+    """The `Backend` protocol (generate/backend.py) on a vLLM OpenAI server at `settings.vllm_url`
     (started here when `settings.vllm_start`). Needs the base model's folder on this machine for
     its tokenizer and config, not its weights' compute."""
 

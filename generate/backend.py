@@ -1,8 +1,8 @@
 """The generation backend: what the API and the assistant need from whoever generates, and the
 factory that picks one from the settings.
 
-Two implementations: the in-process transformers+peft `Engine` (serve/engine.py, the default:
-one machine, no other process) and `VllmBackend` (serve/vllm_backend.py: a vLLM OpenAI server
+Two implementations: the in-process transformers+peft `Engine` (generate/engine.py, the default:
+one machine, no other process) and `VllmBackend` (generate/vllm.py: a vLLM OpenAI server
 does the decoding, on GPUs, for many replicas). Either way retrieval, the prompt (one template,
 the injection guard), citations, routing, auth and limits stay in ragtune, so an answer differs
 only in who ran the forward passes.
@@ -56,11 +56,11 @@ def create_backend(settings: Settings, backend: str | None = None) -> Backend:
     """The backend `settings.backend` (or `backend`) names, started."""
     name = backend or settings.backend
     if name == "transformers":
-        from ragtune.serve.engine import Engine
+        from ragtune.generate.engine import Engine
 
         return Engine(settings)
     if name == "vllm":
-        from ragtune.serve.vllm_backend import VllmBackend
+        from ragtune.generate.vllm import VllmBackend
 
         return VllmBackend(settings)
     raise RagtuneError(f"backend {name!r} is unknown: use one of {', '.join(BACKENDS)} "

@@ -9,14 +9,14 @@ import pytest
 from typer.testing import CliRunner
 
 from ragtune.cli import app
-from ragtune.platform.errors import RagtuneError
-from ragtune.platform.qa_scores import (
+from ragtune.evals.qa import levers, pick_arms
+from ragtune.evals.scores import (
     citation_correctness,
     fact_recall,
     format_valid,
     load_qa,
 )
-from ragtune.serve.qa_eval import levers, pick_arms
+from ragtune.platform.errors import RagtuneError
 from tests.serve_helpers import make_adapter
 
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"},

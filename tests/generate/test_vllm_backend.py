@@ -19,12 +19,12 @@ import jsonschema
 import openai
 import pytest
 
+from ragtune.generate.adapters import adapter_key
+from ragtune.generate.vllm import VllmBackend
 from ragtune.platform.errors import RagtuneError
 from ragtune.platform.settings import Settings
 from ragtune.platform.types import GenParams
-from ragtune.serve.adapters import adapter_key
 from ragtune.serve.app import create_app, with_limits
-from ragtune.serve.vllm_backend import VllmBackend
 from tests.serve_helpers import Server, free_port, make_adapter
 from tests.vllm_stub import StubState, create_stub
 
@@ -310,7 +310,7 @@ def test_vllm_start_without_vllm_says_how_to_get_it(served, tmp_path, monkeypatc
 
 
 def test_an_unknown_backend_is_refused():
-    from ragtune.serve.backend import create_backend
+    from ragtune.generate.backend import create_backend
 
     with pytest.raises(RagtuneError, match="transformers, vllm"):
         create_backend(Settings(), "tgi")

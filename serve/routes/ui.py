@@ -24,7 +24,7 @@ from ragtune.serve.deps import principal, state
 from ragtune.serve.schemas import ERRORS
 
 router = APIRouter()
-UI = Path(__file__).resolve().parent / "ui"
+UI = Path(__file__).resolve().parent.parent / "ui"
 # The page's own files only: scripts, styles and API calls from this origin, no inline script.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")

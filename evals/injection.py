@@ -220,8 +220,8 @@ def run_injection_eval(settings: Settings, docs: Path, *, questions: tuple = QUE
                        engine: Any = None, collection_name: str = "injection") -> dict[str, Any]:
     """Seed `collection_name` from `docs` (written here), answer `questions` in both arms on
     the real generator and embedder of `settings`, and report both arms."""
+    from ragtune.generate.engine import Engine
     from ragtune.ingest.collection import Collection
-    from ragtune.serve.engine import Engine
 
     t0 = time.perf_counter()
     canary = canary or make_canary()
