@@ -103,7 +103,7 @@ class BodyLimit:
 def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") -> FastAPI:
     """The app for `settings`. `engine` defaults to the backend `settings.backend` names (the
     in-process transformers engine, or vLLM: generate/backend.py)."""
-    from ragtune.serve.routes import chat, collections, route, ui
+    from ragtune.serve.routes import adapters, chat, collections, embeddings, jobs, models, route, ui
 
     keys = Keys(settings.keys_file)
     open_allowed = is_loopback(host)
@@ -136,7 +136,11 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
     app.state.ragtune = ServerState(settings, engine, Assistant(engine, settings), keys,
                                     Jobs(settings.jobs_dir), metrics, open_allowed)
     app.include_router(chat.router)
+    app.include_router(models.router)
+    app.include_router(embeddings.router)
     app.include_router(collections.router)
+    app.include_router(adapters.router)
+    app.include_router(jobs.router)
     app.include_router(route.router)
     app.include_router(ui.router)  # the web page at /
 

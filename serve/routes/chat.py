@@ -1,26 +1,24 @@
-"""The OpenAI-compatible endpoints: chat completions (plain and streamed), models, embeddings."""
+"""OpenAI chat completions, plain and streamed, with ragtune's `rag` extension and citations."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
 import uuid
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ragtune.generate.grammar import check_json_schema
 from ragtune.platform.assistant import JSON_FORMATS, Answer, Prepared
-from ragtune.platform.errors import GenerationTimeout, NotFoundError, RagtuneError
+from ragtune.platform.errors import GenerationTimeout, RagtuneError
 from ragtune.platform.types import GenEvent, GenParams
 from ragtune.serve.auth import Principal
 from ragtune.serve.deps import principal, state
-from ragtune.serve.schemas import GENERATION_ERRORS, ChatRequest, EmbeddingsRequest
+from ragtune.serve.schemas import GENERATION_ERRORS, ChatRequest
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -232,54 +230,3 @@ async def chat_completions(body: ChatRequest, request: Request,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
                          "finish_reason": answer.finish_reason, "logprobs": None}],
             "usage": answer.usage, **extra(answer)}
-
-
-@router.get("/models")
-def list_models(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
-    """The served base model and every registered adapter (name and name@version)."""
-    from ragtune.train import registry
-
-    st = state(request)
-    base = st.engine.model_name
-    data = [{"id": base, "object": "model", "created": 0, "owned_by": "ragtune", "root": base,
-             "parent": None}]
-    seen: set[str] = set()
-    for a in registry.list_adapters(st.settings):
-        if who.adapters is not None and a["name"] not in who.adapters:
-            continue
-        ids = [f"{a['name']}@{a['version']}"] + [f"{a['name']}@{x}" for x in a["aliases"]]
-        if "latest" in a["aliases"]:
-            ids.insert(0, a["name"])
-        for i in ids:
-            if i not in seen:
-                seen.add(i)
-                data.append({"id": i, "object": "model",
-                             "created": int(a["created_at"] or 0), "owned_by": "ragtune",
-                             "root": base, "parent": base})
-    if (st.settings.home / "plan.json").exists():  # an applied plan: model "auto" serves it
-        data.append({"id": "auto", "object": "model", "created": 0, "owned_by": "ragtune",
-                     "root": base, "parent": base})
-    return {"object": "list", "data": data}
-
-
-@router.post("/embeddings")
-async def embeddings(body: EmbeddingsRequest, request: Request,
-                     who: Principal = Depends(principal)) -> dict[str, Any]:
-    """OpenAI embeddings with the embedder (normalised vectors)."""
-    st = state(request)
-    emb = st.embedder()
-    if body.model not in ("default", st.settings.embedder, emb.identity["name"]):
-        raise NotFoundError(f"embedding model {body.model!r} is not served here: use "
-                            f"{st.settings.embedder!r}")
-    texts = [body.input] if isinstance(body.input, str) else body.input
-    if body.dimensions is not None and body.dimensions != emb.dim:
-        raise RagtuneError(f"dimensions {body.dimensions}: this embedder gives {emb.dim}")
-    vecs = await run_in_threadpool(emb.encode, texts)
-    data = []
-    for i, v in enumerate(np.asarray(vecs, dtype=np.float32)):
-        value: Any = (base64.b64encode(v.astype("<f4").tobytes()).decode()
-                      if body.encoding_format == "base64" else v.tolist())
-        data.append({"object": "embedding", "index": i, "embedding": value})
-    tokens = sum(len(emb.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
-    return {"object": "list", "data": data, "model": emb.identity["name"],
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

@@ -19,6 +19,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
 from ragtune.platform.errors import NotFoundError
+from ragtune.platform.names import ADAPTER_REF
 from ragtune.serve.auth import Principal
 from ragtune.serve.deps import principal, state
 from ragtune.serve.schemas import ERRORS
@@ -29,8 +30,6 @@ UI = Path(__file__).resolve().parent.parent / "ui"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
-# An adapter's name (the registry's rule), optionally @ a version or alias.
-ADAPTER_REF = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@[A-Za-z0-9_.-]{1,64})?$"
 
 
 def _file(name: str, media_type: str) -> FileResponse:

@@ -19,7 +19,7 @@ import pytest
 from ragtune.generate.engine import Engine
 from ragtune.platform.settings import Settings
 from ragtune.serve.app import create_app, with_limits
-from ragtune.serve.routes.collections import MAX_STORED_NAME
+from ragtune.serve.uploads import MAX_STORED_NAME
 from tests.serve_helpers import Server
 
 BOUNDARY = b"rt-upload-boundary"

@@ -1,0 +1,22 @@
+"""The jobs that uploads and trainings start: a key sees its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from ragtune.platform.errors import NotFoundError
+from ragtune.serve.auth import Principal
+from ragtune.serve.deps import principal, state
+
+router = APIRouter(prefix="/v1", tags=["ragtune"])
+
+
+@router.get("/jobs/{job_id}")
+def get_job(job_id: str, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    st = state(request)
+    rec = st.jobs.get(job_id)
+    if rec.get("owner") not in (who.id, None, "open") and "admin" not in who.scopes:
+        raise NotFoundError(f"no job {job_id!r}")  # another key's job is not shown
+    return rec
