@@ -1,14 +1,14 @@
 """Adapters on one base model: loaded on demand with peft, kept in an LRU, chosen per batch.
 
-Only the engine's worker thread calls `ensure` and `forward`, so the model is never changed
-while it runs. A request names a registry version (`support-voice@v3` resolved to its folder at
-request time), so a newly trained version is picked up without a restart.
+Only the engine's worker thread (generate/batcher.py) calls `ensure` and `forward`, so the model
+is never changed while it runs. A request names a registry version (`support-voice@v3`,
+resolved to its folder at request time by train/refs.py and loaded under its `adapter_key`), so
+a newly trained version is picked up without a restart.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -20,11 +20,6 @@ from ragtune.train import registry
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft, noise
-
-
-def adapter_key(version_dir: Path) -> str:
-    """A peft adapter name for a registry version (module names cannot hold '.')."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", f"{version_dir.parent.name}--{version_dir.name}")
 
 
 class AdapterPool:

@@ -1,114 +1,36 @@
-"""The in-process generation engine: one base model, LoRA adapters from the registry, continuous
-batching in a worker thread.
+"""The in-process generation engine: one base model loaded with transformers, LoRA adapters
+from the registry (peft), continuous batching in a worker thread.
 
-Requests wait in a bounded queue (full: `OverloadedError`, HTTP 429). The worker decodes every
-running request together one token per step, and admits waiting ones between steps (their
-prompts are prefilled and their KV cache joined to the batch), so concurrent requests share the
-forward passes whether they arrive together or not; rows for different adapters share a batch
-through peft's per-sample `adapter_names`. A request stops at EOS, a stop string, its grammar's
-end, `max_tokens`, its deadline, or when its caller cancels it (a client that disconnected).
-A request whose deadline passed or whose caller left while it waited is answered without any
-model work; every finished request leaves a record in `recent` (finish reason, token counts).
+This module loads the model and answers the `Generator` protocol (platform/types.py): the
+prompt side (tokens, the chat prompt, control tokens, the context window, model references) is
+generate/prompt_side.py, shared with the vLLM backend; requests go to the worker in
+generate/batcher.py, which decodes every running request together one token per step, admits
+waiting ones between steps, and ends each at EOS, a stop string, its grammar's end,
+`max_tokens`, its deadline or a cancel. Adapters are kept in an LRU (generate/adapters.py);
+JSON modes are constrained by xgrammar (generate/grammar.py).
 
-This is the default backend behind the `Generator` protocol; vLLM takes its place at scale.
+This is the default backend (`RAGTUNE_BACKEND=transformers`); vLLM takes its place at scale.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
-import logging
-import queue
-import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ragtune.generate.adapters import AdapterPool, adapter_key
-from ragtune.generate.grammar import closing_reserve
-from ragtune.platform.errors import NotFoundError, OverloadedError, RagtuneError
+from ragtune.generate.adapters import AdapterPool
+from ragtune.generate.batcher import Batcher, Request
+from ragtune.generate.handle import Handle
+from ragtune.generate.prompt_side import PromptSide
 from ragtune.platform.models import load_generator, pick_device, resolve_generator
-from ragtune.platform.prompt import render
 from ragtune.platform.settings import Settings
-from ragtune.platform.types import GenEvent, GenParams, ModelRef
+from ragtune.platform.types import GenParams
 from ragtune.train import registry
 
-_ids = itertools.count(1)
-log = logging.getLogger("ragtune.engine")
 
-
-class Handle:
-    """One submitted generation. Events arrive on a thread queue, or on an asyncio queue when
-    created from a running event loop (`aevents`)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None):
-        self.id = next(_ids)
-        self._loop = loop
-        self._q: queue.Queue[GenEvent] = queue.Queue()
-        self._aq: asyncio.Queue[GenEvent] | None = asyncio.Queue() if loop else None
-        self._cancelled = threading.Event()
-        self.adapter_key: str | None = None
-
-    def put(self, ev: GenEvent) -> None:
-        if self._loop is None:
-            self._q.put(ev)
-            return
-        try:
-            self._loop.call_soon_threadsafe(self._aq.put_nowait, ev)
-        except RuntimeError:  # the loop has closed: nobody is listening
-            self.cancel()
-
-    def events(self):
-        while True:
-            ev = self._q.get()
-            yield ev
-            if ev.finish_reason:
-                return
-
-    async def aevents(self):
-        while True:
-            ev = await self._aq.get()
-            yield ev
-            if ev.finish_reason:
-                return
-
-    def cancel(self) -> None:
-        self._cancelled.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-
-@dataclass
-class _Request:
-    ids: list[int]
-    params: GenParams
-    adapter: str | None  # adapter key
-    adapter_dir: Path | None
-    handle: Handle
-    deadline: float
-    grammar: Any = None
-
-
-@dataclass
-class _Row:
-    req: _Request
-    generated: list[int] = field(default_factory=list)
-    sent: int = 0  # characters already emitted
-    matcher: Any = None
-    bitmask: Any = None
-    rng: torch.Generator | None = None
-    counts: dict[int, int] = field(default_factory=dict)
-    finish: str | None = None
-
-
-class Engine:
+class Engine(PromptSide):
     """Generation for one base model. Thread-safe `submit`; one worker thread does the work."""
 
     def __init__(self, settings: Settings, model: str | None = None, device: str | None = None,
@@ -121,95 +43,25 @@ class Engine:
         model_, self.tokenizer = load_generator(self.model_name, settings, device=self.device)
         cfg = model_.config
         self.context_window = int(getattr(cfg, "max_position_embeddings", 2048) or 2048)
-        self.vocab_size = int(cfg.vocab_size)
         eos = cfg.eos_token_id if cfg.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         if self.tokenizer.eos_token_id is not None:
             self.eos_ids.add(self.tokenizer.eos_token_id)
-        self.pad_id = self.tokenizer.pad_token_id
-        if self.pad_id is None:
-            self.pad_id = min(self.eos_ids)
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = min(self.eos_ids)
         self.fingerprint = registry.model_fingerprint(self.base_dir) if self.base_dir.is_dir() else ""
         self.pool = AdapterPool(model_, self.base_dir, self.tokenizer,
                                 adapter_slots or settings.adapter_slots)
-        self.max_batch = max_batch or settings.serve_max_batch
-        self._queue: queue.Queue[_Request] = queue.Queue(maxsize=queue_size or settings.serve_queue)
-        self._held: deque[_Request] = deque()
-        self._grammars = None
-        self._grammar_lock = threading.Lock()
-        self._stop = threading.Event()
-        self.running = 0
-        self.steps = 0
-        self.batch_sizes: list[int] = []  # rows per decode step, for tests and the benchmark
-        self.finished: Counter[str] = Counter()  # finish reasons
-        # the last finished requests (id, finish, prompt and completion tokens): the proof that a
-        # cancelled or timed-out request stopped decoding, for tests and the benchmark
-        self.recent: deque[dict[str, Any]] = deque(maxlen=256)
-        self._thread = threading.Thread(target=self._loop, name="ragtune-engine", daemon=True)
-        self._thread.start()
-
-    # -- the public side (any thread) ---------------------------------------------------------
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        text = render(self.tokenizer, messages, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def resolve_model(self, name: str | None) -> ModelRef:
-        """A request's `model`: a base name, `base:adapter` or an adapter name (`name`,
-        `name@v2`, `name@production`), resolved now, so a new version is used at once."""
-        if not name or name in (self.model_name, self.base_dir.name, "base"):
-            return ModelRef(None, None, self.model_name)
-        ref = name
-        if ":" in name:
-            base, _, ref = name.partition(":")
-            if base not in (self.model_name, self.base_dir.name):
-                raise NotFoundError(
-                    f"model {name!r}: this server serves base {self.model_name!r}, not {base!r}; "
-                    "GET /v1/models lists what it serves")
-        try:
-            version_dir = registry.resolve(self.settings, ref)
-        except NotFoundError as e:
-            raise NotFoundError(f"model {name!r} is neither the base {self.model_name!r} nor a "
-                                f"registered adapter: {e}") from None
-        except RagtuneError as e:  # a name with characters no adapter can have
-            raise NotFoundError(f"model {name!r} is unknown: {e}") from None
-        meta = registry.read_meta(version_dir)
-        if self.fingerprint and meta.get("base_fingerprint") not in (None, self.fingerprint):
-            raise NotFoundError(
-                f"adapter {meta['name']}@{meta['version']} was trained on "
-                f"{meta.get('base_model')!r}, not on this server's base {self.model_name!r}")
-        return ModelRef(adapter_key(version_dir), version_dir, f"{meta['name']}@{meta['version']}",
-                        meta.get("system_prompt"))
-
-    def grammars(self):
-        with self._grammar_lock:
-            if self._grammars is None:
-                from ragtune.generate.grammar import JsonGrammars  # xgrammar loads on first use
-
-                self._grammars = JsonGrammars(self.tokenizer, self.vocab_size, sorted(self.eos_ids))
-            return self._grammars
-
-    def check_fits(self, prompt_tokens: int, max_tokens: int) -> None:
-        """Refuse a prompt plus `max_tokens` over the context window. The API calls this on the
-        bare conversation before retrieval, so an oversize request costs no model work."""
-        if prompt_tokens + max_tokens > self.context_window:
-            raise RagtuneError(
-                f"the prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) "
-                f"exceeds the model's context window of {self.context_window} tokens: shorten the "
-                "conversation, lower max_tokens or retrieve fewer chunks")
+        self.batcher = Batcher(settings, self.pool, self.tokenizer, self.eos_ids, pad_id,
+                               int(cfg.vocab_size), self.device,
+                               max_batch or settings.serve_max_batch,
+                               queue_size or settings.serve_queue)
 
     def check_room(self) -> None:
         """Refuse at once when the queue is full (the API calls this before retrieval, so an
         overloaded server does no work for a request it will not run); `submit` checks again."""
-        if self._queue.full():
-            raise self._overloaded()
-
-    def _overloaded(self) -> OverloadedError:
-        return OverloadedError(
-            f"the generation queue is full ({self._queue.maxsize} waiting): retry shortly or "
-            "raise RAGTUNE_SERVE_QUEUE", retry_after=max(1, round(self.busy_seconds())))
+        self.batcher.check_room()
 
     def submit(self, prompt_ids: list[int], params: GenParams, adapter: str | None = None,
                adapter_dir: Path | None = None, loop: asyncio.AbstractEventLoop | None = None,
@@ -219,303 +71,45 @@ class Engine:
         self.check_fits(len(prompt_ids), params.max_tokens)
         grammar = None
         if params.response_format in ("json_object", "json_schema"):
-            grammar = self.grammars().compile(
+            grammar = self.batcher.grammars().compile(
                 params.json_schema if params.response_format == "json_schema" else None)
         handle = Handle(loop)
         handle.adapter_key = adapter
         deadline = time.monotonic() + (timeout or self.settings.request_timeout)
-        try:
-            self._queue.put_nowait(_Request(list(prompt_ids), params, adapter, adapter_dir, handle,
-                                            deadline, grammar))
-        except queue.Full:
-            raise self._overloaded() from None
+        self.batcher.put(Request(list(prompt_ids), params, adapter, adapter_dir, handle, deadline,
+                                 grammar))
         return handle
 
-    def generate(self, messages: list[dict[str, str]], params: GenParams | None = None,
-                 model: str | None = None) -> tuple[str, GenEvent]:
-        """Blocking convenience: the whole completion text and its last event."""
-        ref = self.resolve_model(model)
-        handle = self.submit(self.prompt_ids(messages), params or GenParams(), ref.adapter,
-                             ref.folder)
-        text, last = "", GenEvent()
-        for ev in handle.events():
-            text += ev.text
-            last = ev
-        return text, last
-
     def queue_depth(self) -> int:
-        return self._queue.qsize() + len(self._held)
-
-    def busy_seconds(self) -> float:
-        """A rough wait estimate for Retry-After."""
-        return 0.5 + 0.1 * self.queue_depth()
+        return self.batcher.depth()
 
     def ready(self) -> bool:
-        return self._thread.is_alive()
+        return self.batcher.alive()
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        self.batcher.close()
 
-    # -- the worker ---------------------------------------------------------------------------
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                first = self._held.popleft() if self._held else self._queue.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            if not self._expired(first):
-                self._run([first])
+    # -- the worker's counters, for /metrics, the tests and the benchmark ----------------------
+    @property
+    def running(self) -> int:
+        """Rows in the batch being decoded now."""
+        return self.batcher.running
 
-    def _expired(self, req: _Request) -> bool:
-        """Answer a waiting request whose caller left or whose deadline passed, without
-        prefilling it: time spent in the queue counts against the deadline."""
-        reason = ("cancelled" if req.handle.cancelled
-                  else "timeout" if time.monotonic() > req.deadline else None)
-        if reason is None:
-            return False
-        self._finish(_Row(req, finish=reason))
-        return True
+    @property
+    def steps(self) -> int:
+        return self.batcher.steps
 
-    def _take(self, rows: list[_Row]) -> list[_Request]:
-        """Waiting requests that may join the running rows now."""
-        out: list[_Request] = []
-        keys = {r.req.adapter for r in rows}
-        while len(rows) + len(out) < self.max_batch:
-            try:
-                req = self._held.popleft() if self._held else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if self._expired(req):
-                continue
-            if req.adapter_dir is not None and req.adapter not in self.pool.loaded:
-                # loading adds modules and leaves the running adapters alone: safe between steps
-                try:
-                    self.pool.ensure({**{r.req.adapter: r.req.adapter_dir for r in rows
-                                         if r.req.adapter_dir},
-                                      **{q.adapter: q.adapter_dir for q in out if q.adapter_dir},
-                                      req.adapter: req.adapter_dir})
-                except Exception as e:  # a broken adapter fails its own request only
-                    req.handle.put(GenEvent(text=f"[adapter failed to load: {e}]",
-                                            finish_reason="error"))
-                    continue
-            if not self.pool.can_mix(keys | {req.adapter}):
-                self._held.append(req)
-                break
-            keys.add(req.adapter)
-            out.append(req)
-        return out
+    @property
+    def batch_sizes(self) -> list[int]:
+        """Rows per decode step."""
+        return self.batcher.batch_sizes
 
-    def _run(self, first: list[_Request]) -> None:
-        rows: list[_Row] = []
-        waiting = first
-        try:
-            self._steps(rows, waiting)
-        except Exception as e:  # a bug must not kill the worker: fail this batch loudly
-            log.exception("generation failed: %r", e)
-            for r in rows:
-                r.req.handle.put(GenEvent(finish_reason="error"))
-            for q in waiting:
-                if not any(r.req is q for r in rows):
-                    q.handle.put(GenEvent(finish_reason="error"))
-        finally:
-            self.running = 0
+    @property
+    def finished(self) -> Counter[str]:
+        """Finish reasons so far."""
+        return self.batcher.finished
 
-    def _steps(self, rows: list[_Row], waiting: list[_Request]) -> None:
-        state: dict[str, Any] = {}
-        while True:
-            if waiting:
-                self.pool.ensure({r.adapter: r.adapter_dir for r in waiting if r.adapter_dir})
-                new = [self._row(r) for r in waiting]
-                logits = self._prefill(new, state)
-                rows += new
-                state["logits"] = logits if "logits" not in state else torch.cat(
-                    [state["logits"], logits])
-            self.running = len(rows)
-            tokens = self._pick(rows, state["logits"])
-            keep = [i for i, r in enumerate(rows) if r.finish is None]
-            if len(keep) < len(rows):
-                for r in rows:
-                    if r.finish is not None:
-                        self._finish(r)
-                rows[:] = [rows[i] for i in keep]
-                if not rows:
-                    return
-                self._select(state, keep)
-                tokens = [tokens[i] for i in keep]
-            waiting[:] = self._take(rows)
-            state["logits"] = self._decode(rows, state, tokens)
-
-    def _row(self, req: _Request) -> _Row:
-        row = _Row(req)
-        if req.grammar is not None:
-            g = self.grammars()
-            row.matcher, row.bitmask = g.matcher(req.grammar), g.new_bitmask()
-        if req.params.temperature > 0:
-            row.rng = torch.Generator(device="cpu")
-            row.rng.manual_seed(req.params.seed if req.params.seed is not None
-                                else torch.seed() % (2**63))
-        return row
-
-    def _prefill(self, rows: list[_Row], state: dict[str, Any]) -> torch.Tensor:
-        """Run the new rows' prompts; join their cache to the running batch's."""
-        from transformers import DynamicCache
-
-        n = max(len(r.req.ids) for r in rows)
-        ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), n), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, n - len(r.req.ids):] = torch.tensor(r.req.ids)
-            mask[i, n - len(r.req.ids):] = 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        out = self.pool.forward([r.req.adapter for r in rows], input_ids=ids.to(self.device),
-                                attention_mask=mask.to(self.device), position_ids=pos.to(self.device),
-                                past_key_values=cache, use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1, :].float()
-        if "cache" not in state:
-            state.update(cache=cache, mask=mask.to(self.device), names=[r.req.adapter for r in rows])
-        else:
-            _join(state, cache, mask.to(self.device), [r.req.adapter for r in rows])
-        return logits
-
-    def _decode(self, rows: list[_Row], state: dict[str, Any], tokens: list[int]) -> torch.Tensor:
-        mask = state["mask"]
-        pos = mask.sum(-1, keepdim=True)
-        state["mask"] = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
-        out = self.pool.forward(state["names"], input_ids=ids, attention_mask=state["mask"],
-                                position_ids=pos, past_key_values=state["cache"], use_cache=True,
-                                logits_to_keep=1)
-        self.steps += 1
-        self.batch_sizes.append(len(rows))
-        return out.logits[:, -1, :].float()
-
-    def _select(self, state: dict[str, Any], keep: list[int]) -> None:
-        idx = torch.tensor(keep, device=self.device)
-        state["cache"].batch_select_indices(idx)
-        state["mask"] = state["mask"][idx]
-        state["names"] = [state["names"][i] for i in keep]
-        state["logits"] = state["logits"][idx]
-        # drop the columns that are padding for every remaining row
-        first = int((state["mask"].sum(0) > 0).nonzero()[0])
-        if first > 0:
-            state["mask"] = state["mask"][:, first:]
-            for layer in state["cache"].layers:
-                layer.keys = layer.keys[:, :, first:]
-                layer.values = layer.values[:, :, first:]
-
-    def _pick(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
-        """Choose each row's next token, emit its text, and mark the rows that are done."""
-        now = time.monotonic()
-        out = []
-        for i, r in enumerate(rows):
-            p = r.req.params
-            if r.req.handle.cancelled:
-                r.finish = "cancelled"
-                out.append(self.pad_id)
-                continue
-            if now > r.req.deadline:
-                r.finish = "timeout"
-                out.append(self.pad_id)
-                continue
-            row = logits[i : i + 1].clone()
-            penalty = p.repetition_penalty or self.settings.repetition_penalty
-            if r.counts:
-                seen = torch.tensor(list(r.counts), device=row.device)
-                if penalty != 1.0:
-                    vals = row[0, seen]
-                    row[0, seen] = torch.where(vals > 0, vals / penalty, vals * penalty)
-                if p.frequency_penalty or p.presence_penalty:
-                    counts = torch.tensor(list(r.counts.values()), dtype=row.dtype, device=row.device)
-                    row[0, seen] -= p.frequency_penalty * counts + p.presence_penalty
-            tok = self._sample(r, row)
-            out.append(tok)
-            self._accept(r, tok)
-        return out
-
-    def _sample(self, r: _Row, row: torch.Tensor) -> int:
-        p = r.req.params
-        if r.matcher is not None:
-            g = self.grammars()
-            g.mask_(row, r.matcher, r.bitmask)
-            if len(r.generated) >= p.max_tokens - closing_reserve(p.max_tokens, p.json_schema):
-                return g.closing_choice(row, self.tokenizer.decode(r.generated))
-        if p.temperature <= 0 or r.rng is None:
-            return int(torch.argmax(row[0]))
-        probs = torch.softmax(row[0] / p.temperature, dim=-1)
-        if p.top_p < 1.0:
-            sorted_p, order = torch.sort(probs, descending=True)
-            cut = torch.cumsum(sorted_p, 0) - sorted_p > p.top_p
-            sorted_p[cut] = 0
-            probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-        return int(torch.multinomial(probs.cpu(), 1, generator=r.rng))
-
-    def _accept(self, r: _Row, tok: int) -> None:
-        p = r.req.params
-        if r.matcher is not None:
-            r.matcher.accept_token(tok)
-        if tok in self.eos_ids:
-            r.finish = "stop"
-            return
-        r.generated.append(tok)
-        r.counts[tok] = r.counts.get(tok, 0) + 1
-        text = self.tokenizer.decode(r.generated, skip_special_tokens=True)
-        end = len(text)
-        for s in p.stop:
-            at = text.find(s, max(0, r.sent - len(s)))
-            if s and at != -1:
-                end, r.finish = min(end, at), "stop"
-        if r.finish is None:
-            if r.matcher is not None and (r.matcher.is_terminated() or _complete_json(text)):
-                r.finish = "stop"  # the grammar allows nothing but EOS now
-            elif len(r.generated) >= p.max_tokens:
-                r.finish = "length"
-            else:  # hold back a possible stop-string prefix and half a UTF-8 character
-                hold = max((len(s) - 1 for s in p.stop), default=0)
-                end = len(text) - hold
-                if text.endswith("\ufffd"):
-                    end = min(end, len(text) - 1)
-        if end > r.sent:
-            r.req.handle.put(GenEvent(text=text[r.sent:end]))
-            r.sent = end
-
-    def _finish(self, r: _Row) -> None:
-        self.finished[r.finish or "stop"] += 1
-        self.recent.append({"id": r.req.handle.id, "finish": r.finish or "stop",
-                            "prompt_tokens": len(r.req.ids),
-                            "completion_tokens": len(r.generated),
-                            "max_tokens": r.req.params.max_tokens})
-        r.req.handle.put(GenEvent(finish_reason=r.finish, prompt_tokens=len(r.req.ids),
-                                  completion_tokens=len(r.generated)))
-
-
-def _join(state: dict[str, Any], cache: Any, mask: torch.Tensor, names: list[str | None]) -> None:
-    """Append new rows (their own cache and mask) to the running batch, left-padding the shorter
-    side so every row ends at the same column."""
-    old_mask = state["mask"]
-    t_old, t_new = old_mask.shape[1], mask.shape[1]
-    t = max(t_old, t_new)
-
-    def pad(x: torch.Tensor, by: int, dim: int) -> torch.Tensor:
-        if by == 0:
-            return x
-        shape = list(x.shape)
-        shape[dim] = by
-        return torch.cat([torch.zeros(shape, dtype=x.dtype, device=x.device), x], dim=dim)
-
-    for old, new in zip(state["cache"].layers, cache.layers, strict=True):
-        old.keys = torch.cat([pad(old.keys, t - t_old, 2), pad(new.keys, t - t_new, 2)], dim=0)
-        old.values = torch.cat([pad(old.values, t - t_old, 2), pad(new.values, t - t_new, 2)], dim=0)
-    state["mask"] = torch.cat([pad(old_mask, t - t_old, 1), pad(mask, t - t_new, 1)], dim=0)
-    state["names"] = state["names"] + names
-
-
-def _complete_json(text: str) -> bool:
-    if not text.rstrip().endswith(("}", "]")):
-        return False
-    try:
-        json.loads(text)
-    except ValueError:
-        return False
-    return True
+    @property
+    def recent(self) -> deque[dict[str, Any]]:
+        """The last finished requests (id, finish, prompt and completion tokens)."""
+        return self.batcher.recent

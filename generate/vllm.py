@@ -4,7 +4,9 @@ ragtune keeps everything but the decoding: retrieval, the prompt (rendered here 
 model's own chat template, then tokenized here, so vLLM sees exactly the token ids the
 in-process engine would decode and an adapter gets the prompt it was trained on), citations,
 routing, auth and limits. vLLM gets `POST /v1/completions` with `prompt` as those token ids,
-streamed, `model` = the base or an adapter's name.
+streamed, `model` = the base or an adapter's name. The prompt side (tokens, the chat prompt,
+control tokens, the context window, model references) is generate/prompt_side.py, the same code
+the engine runs; `--vllm-start` runs a vLLM of our own (generate/vllm_server.py).
 
 Adapters: a registry version is registered with vLLM once, on first use, through its runtime
 LoRA loading (`POST /v1/load_lora_adapter` with `lora_name` = the version's key and
@@ -33,9 +35,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import shutil
-import subprocess
 import threading
 import time
 from collections import Counter, deque
@@ -44,12 +43,13 @@ from typing import Any
 
 import httpx
 
-from ragtune.generate.engine import Engine, Handle
+from ragtune.generate.handle import VllmHandle
+from ragtune.generate.prompt_side import PromptSide
+from ragtune.generate.vllm_server import VllmServer
 from ragtune.platform.errors import OverloadedError, RagtuneError
 from ragtune.platform.models import resolve_generator
-from ragtune.platform.prompt import render
 from ragtune.platform.settings import Settings
-from ragtune.platform.types import GenEvent, GenParams, ModelRef
+from ragtune.platform.types import GenEvent, GenParams
 from ragtune.train import registry
 
 log = logging.getLogger("ragtune.vllm")
@@ -70,48 +70,11 @@ class UpstreamUnavailable(RagtuneError):
     kind = "server_error"
 
 
-class VllmHandle(Handle):
-    """One generation on vLLM: the engine's handle, whose `cancel` also cancels the task that
-    holds the upstream stream, and whose events raise a failure that came before any text."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None):
-        super().__init__(loop)
-        self.future: Any = None  # the concurrent future of the task on the backend's loop
-        self.error: RagtuneError | None = None
-        self.sent = False
-
-    def put(self, ev: GenEvent) -> None:
-        self.sent = self.sent or bool(ev.text)
-        super().put(ev)
-
-    def fail(self, error: RagtuneError) -> None:
-        """End with `error`: raised to the reader when nothing was sent yet."""
-        if not self.sent:
-            self.error = error
-        self.put(GenEvent(finish_reason="error"))
-
-    def events(self):
-        for ev in super().events():
-            if ev.finish_reason == "error" and self.error is not None:
-                raise self.error
-            yield ev
-
-    async def aevents(self):
-        async for ev in super().aevents():
-            if ev.finish_reason == "error" and self.error is not None:
-                raise self.error
-            yield ev
-
-    def cancel(self) -> None:
-        super().cancel()
-        if self.future is not None:
-            self.future.cancel()  # propagated to the task: its `async with stream` closes
-
-
-class VllmBackend:
+class VllmBackend(PromptSide):
     """The `Backend` protocol (generate/backend.py) on a vLLM OpenAI server at `settings.vllm_url`
-    (started here when `settings.vllm_start`). Needs the base model's folder on this machine for
-    its tokenizer and config, not its weights' compute."""
+    (started here when `settings.vllm_start`: generate/vllm_server.py). Needs the base model's
+    folder on this machine for its tokenizer and config (generate/prompt_side.py), not its
+    weights' compute."""
 
     def __init__(self, settings: Settings, url: str | None = None):
         from transformers import AutoTokenizer
@@ -139,8 +102,7 @@ class VllmBackend:
         self._waiting = 0  # sent, no token yet
         self._count_lock = threading.Lock()
         self._ok = False  # the last contact with vLLM worked; False: probe before the next request
-        self._proc: subprocess.Popen | None = None
-        self._log = None
+        self.server = VllmServer(settings, self.url, self.base_dir, self.model_name)
         headers = {"Authorization": f"Bearer {settings.vllm_api_key}"} if settings.vllm_api_key else {}
         self._headers = headers
         self._loop = asyncio.new_event_loop()
@@ -168,22 +130,12 @@ class VllmBackend:
         """Run `coro` on the backend's loop from any other thread and wait for it."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    # -- the Generator side -------------------------------------------------------------------
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def start_server(self, wait: float = 900.0) -> None:
+        """Start `vllm serve` for the base model (generate/vllm_server.py); wait until it answers."""
+        self.served = self.model_name
+        self.server.start(self.probe, wait)
 
-    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        text = render(self.tokenizer, messages, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def resolve_model(self, name: str | None) -> ModelRef:
-        """The same names as the in-process engine (base, `base:adapter`, `name@v2`, ...),
-        resolved against the same registry, with the same base-fingerprint check."""
-        return Engine.resolve_model(self, name)  # type: ignore[arg-type]
-
-    def check_fits(self, prompt_tokens: int, max_tokens: int) -> None:
-        Engine.check_fits(self, prompt_tokens, max_tokens)  # type: ignore[arg-type]
-
+    # -- the Generator side (the prompt side is PromptSide's) ---------------------------------
     def check_room(self) -> None:
         """Refuse before retrieval when ragtune already holds `vllm_max_inflight` requests (429)
         or the vLLM server is unreachable (503 naming the URL). Called in a worker thread."""
@@ -247,8 +199,6 @@ class VllmBackend:
             self._loop)
         return handle
 
-    generate = Engine.generate  # the blocking convenience, over this backend's submit
-
     def queue_depth(self) -> int:
         return self._waiting
 
@@ -272,7 +222,7 @@ class VllmBackend:
                 pass
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
-        self.stop_server()
+        self.server.stop()
 
     # -- the request --------------------------------------------------------------------------
     def body(self, prompt_ids: list[int], params: GenParams, model: str) -> dict[str, Any]:
@@ -422,57 +372,6 @@ class VllmBackend:
         if status == 400:
             return RagtuneError(msg)
         return UpstreamError(msg)
-
-    # -- a vLLM of our own --------------------------------------------------------------------
-    def command(self) -> list[str]:
-        """`vllm serve` for the generator with LoRA on, at `self.url`'s host and port."""
-        exe = shutil.which("vllm")
-        if exe is None:
-            raise RagtuneError(
-                "--vllm-start needs the vllm package on this machine (`pip install vllm`, with an "
-                "NVIDIA GPU); or start vLLM elsewhere and set RAGTUNE_VLLM_URL")
-        u = httpx.URL(self.url)
-        s = self.settings
-        return [exe, "serve", str(self.base_dir), "--served-model-name", self.model_name,
-                "--host", u.host, "--port", str(u.port or 80), "--enable-lora",
-                "--max-loras", str(s.vllm_max_loras), "--max-lora-rank", str(s.vllm_max_lora_rank)]
-
-    def start_server(self, wait: float = 900.0) -> None:
-        """Start `vllm serve` (runtime LoRA loading allowed) and wait until it answers /health;
-        its output goes to RAGTUNE_HOME/vllm.log."""
-        cmd = self.command()
-        self.settings.home.mkdir(parents=True, exist_ok=True)
-        log_path = self.settings.home / "vllm.log"
-        self._log = open(log_path, "ab")
-        env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
-        self.served = self.model_name
-        self._proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                tail = log_path.read_text(errors="replace")[-2000:]
-                self.stop_server()
-                raise RagtuneError(f"`{' '.join(cmd)}` exited with {self._proc.returncode}; "
-                                   f"the end of {log_path}:\n{tail}")
-            try:
-                self.probe()
-                return
-            except RagtuneError:
-                time.sleep(1.0)
-        self.stop_server()
-        raise RagtuneError(f"vLLM did not answer at {self.url} within {wait:.0f}s: see {log_path}")
-
-    def stop_server(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 def _message(obj: dict[str, Any]) -> str:

@@ -71,7 +71,7 @@ class Server:
 class GatedQueue(queue.Queue):
     """An engine queue that hands the worker at most `allow` requests until `open()`: the engine
     is then exactly as busy as a test needs (its queue filling, nothing leaving), whatever the
-    timing. Install it with `monkeypatch.setattr(engine, "_queue", GatedQueue(...))`."""
+    timing. Install it with `monkeypatch.setattr(engine.batcher, "_queue", GatedQueue(...))`."""
 
     def __init__(self, maxsize: int, allow: int = 0):
         super().__init__(maxsize)
@@ -90,7 +90,7 @@ class GatedQueue(queue.Queue):
 
 
 def slow_steps(target: Any, delay: float, patch: Callable[..., Any] = setattr) -> None:
-    """Make every decode step of `target` (an Engine, or the Engine class in a child process)
+    """Make every decode step of `target` (an engine's Batcher, or the Batcher class in a child process)
     take `delay` seconds more and never choose EOS: a generation then runs to max_tokens at a
     known pace. `patch`: `monkeypatch.setattr` in a test, so that it is undone."""
     prefill, decode = target._prefill, target._decode
@@ -114,12 +114,12 @@ def slow_steps(target: Any, delay: float, patch: Callable[..., Any] = setattr) -
 
 
 def run_slow_cli(delay: float, argv: list[str]) -> None:
-    """The `ragtune` command line with `slow_steps(Engine, delay)`: run in a child process as
+    """The `ragtune` command line with `slow_steps(Batcher, delay)`: run in a child process as
     `python -c` (see `ServeProcess`), so a stream is still running when a signal arrives."""
     from ragtune.cli import app
-    from ragtune.generate.engine import Engine
+    from ragtune.generate.batcher import Batcher
 
-    slow_steps(Engine, delay)
+    slow_steps(Batcher, delay)
     app(argv, prog_name="ragtune")
 
 

@@ -19,12 +19,12 @@ import jsonschema
 import openai
 import pytest
 
-from ragtune.generate.adapters import adapter_key
 from ragtune.generate.vllm import VllmBackend
 from ragtune.platform.errors import RagtuneError
 from ragtune.platform.settings import Settings
 from ragtune.platform.types import GenParams
 from ragtune.serve.app import create_app, with_limits
+from ragtune.train.refs import adapter_key
 from tests.serve_helpers import Server, free_port, make_adapter
 from tests.vllm_stub import StubState, create_stub
 
@@ -299,7 +299,7 @@ def test_vllm_start_runs_vllm_serve_with_runtime_lora(served, tmp_path, monkeypa
         assert "--enable-lora" in argv and seen["env"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     finally:
         backend.close()
-    assert backend._proc.poll() is not None  # stopped with the backend
+    assert backend.server.proc.poll() is not None  # stopped with the backend
 
 
 def test_vllm_start_without_vllm_says_how_to_get_it(served, tmp_path, monkeypatch):

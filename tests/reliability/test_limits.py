@@ -113,7 +113,7 @@ def test_overload_refuses_exactly_the_excess_with_retry_after(limited, monkeypat
     429 with Retry-After, and every accepted request completes once the engine moves again."""
     excess = 4
     gate = GatedQueue(QUEUE, allow=BATCH)  # the worker takes BATCH requests, then none
-    monkeypatch.setattr(limited.engine, "_queue", gate)
+    monkeypatch.setattr(limited.engine.batcher, "_queue", gate)
     results: list[httpx.Response] = []
     lock = threading.Lock()
 
@@ -204,7 +204,7 @@ def test_oversize_upload_is_413_with_nothing_stored_and_no_job(limited, spy, dec
 def test_a_deadline_answers_504_and_stops_decoding(limited, monkeypatch):
     eng = limited.engine
     monkeypatch.setattr(limited.settings, "request_timeout", 1.0)
-    slow_steps(eng, 0.02, monkeypatch.setattr)  # 400 tokens would take 8 s or more
+    slow_steps(eng.batcher, 0.02, monkeypatch.setattr)  # 400 tokens would take 8 s or more
     before = len(eng.recent)
     r = chat(limited.url, max_tokens=LONG)
     assert r.status_code == 504, r.text
@@ -218,7 +218,7 @@ def test_a_deadline_answers_504_and_stops_decoding(limited, monkeypatch):
 def test_a_streamed_deadline_ends_the_stream_with_a_timeout_error(limited, monkeypatch):
     eng = limited.engine
     monkeypatch.setattr(limited.settings, "request_timeout", 1.0)
-    slow_steps(eng, 0.02, monkeypatch.setattr)
+    slow_steps(eng.batcher, 0.02, monkeypatch.setattr)
     before = len(eng.recent)
     body = {"model": "base", "max_tokens": LONG, "stream": True,
             "messages": [{"role": "user", "content": "go"}]}
@@ -237,7 +237,7 @@ def test_a_request_past_its_deadline_in_the_queue_never_reaches_the_model(limite
     eng = limited.engine
     monkeypatch.setattr(limited.settings, "request_timeout", 1.0)
     gate = GatedQueue(QUEUE, allow=0)
-    monkeypatch.setattr(eng, "_queue", gate)
+    monkeypatch.setattr(eng.batcher, "_queue", gate)
     before = len(eng.recent)
     with ThreadPoolExecutor(1) as pool:
         answer = pool.submit(chat, limited.url)
@@ -255,7 +255,7 @@ def test_a_request_past_its_deadline_in_the_queue_never_reaches_the_model(limite
 
 def test_a_client_that_leaves_a_stream_stops_its_decoding(limited, monkeypatch):
     eng = limited.engine
-    slow_steps(eng, 0.02, monkeypatch.setattr)
+    slow_steps(eng.batcher, 0.02, monkeypatch.setattr)
     before = len(eng.recent)
     body = {"model": "base", "max_tokens": LONG, "stream": True,
             "messages": [{"role": "user", "content": "go"}]}
@@ -271,7 +271,7 @@ def test_a_client_that_leaves_a_stream_stops_its_decoding(limited, monkeypatch):
 
 def test_a_client_that_leaves_a_plain_request_stops_its_decoding(limited, monkeypatch):
     eng = limited.engine
-    slow_steps(eng, 0.02, monkeypatch.setattr)
+    slow_steps(eng.batcher, 0.02, monkeypatch.setattr)
     before = len(eng.recent)
     with pytest.raises(httpx.ReadTimeout):
         chat(limited.url, max_tokens=LONG, timeout=0.5)  # gives up and closes the connection
@@ -287,7 +287,7 @@ def test_draining_refuses_new_requests_while_a_stream_finishes(limited, monkeypa
     """What a stop signal switches on (`DrainingServer.handle_exit`): new requests get 503,
     /healthz still answers, a stream already running completes."""
     eng, st = limited.engine, limited.state
-    slow_steps(eng, 0.01, monkeypatch.setattr)
+    slow_steps(eng.batcher, 0.01, monkeypatch.setattr)
     body = {"model": "base", "max_tokens": 60, "stream": True,
             "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": "go"}]}
