@@ -9,8 +9,10 @@ import time
 import jsonschema
 import pytest
 
+from ragtune.generate.backend import Backend
 from ragtune.generate.engine import Engine
 from ragtune.platform.errors import NotFoundError, OverloadedError, RagtuneError
+from ragtune.platform.guard import special_tokens
 from ragtune.platform.settings import Settings
 from ragtune.platform.types import GenParams
 from tests.serve_helpers import make_adapter
@@ -75,6 +77,12 @@ def test_a_new_adapter_version_is_used_without_a_restart(engine, tmp_path):
     assert engine.resolve_model("fresh").label == "fresh@v2"
     assert engine.generate(prompts(1)[0], GREEDY, model="fresh")[0] != first
     assert engine.generate(prompts(1)[0], GREEDY, model="fresh@v1")[0] == first
+
+
+def test_the_engine_is_a_backend_with_its_tokenizers_control_tokens(engine):
+    assert isinstance(engine, Backend)
+    tokens = engine.special_tokens()
+    assert tokens and tokens == special_tokens(engine.tokenizer)
 
 
 def test_unknown_models_and_foreign_bases_are_refused(engine):

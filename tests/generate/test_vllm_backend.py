@@ -19,8 +19,10 @@ import jsonschema
 import openai
 import pytest
 
+from ragtune.generate.backend import Backend
 from ragtune.generate.vllm import VllmBackend
 from ragtune.platform.errors import RagtuneError
+from ragtune.platform.guard import special_tokens
 from ragtune.platform.settings import Settings
 from ragtune.platform.types import GenParams
 from ragtune.serve.app import create_app, with_limits
@@ -92,6 +94,16 @@ def wait_for(cond, timeout: float = 10.0) -> None:
 def test_the_settings_pick_the_vllm_backend(served):
     assert isinstance(served.backend, VllmBackend)
     assert httpx.get(served.url + "/readyz").json()["status"] == "ready"
+
+
+def test_the_vllm_backend_is_a_backend_with_the_same_prompt_side(served):
+    backend = served.backend
+    assert isinstance(backend, Backend)
+    assert backend.special_tokens() == special_tokens(backend.tokenizer) != []
+    ref = backend.resolve_model("voice@v1")
+    assert (ref.folder, ref.label, ref.system) == (served.version, "voice@v1", "Reply in JSON.")
+    with pytest.raises(RagtuneError, match="context window"):
+        backend.check_fits(backend.context_window, 1)
 
 
 def test_plain_chat_sends_the_prompt_ids_and_sampling_fields(client, served, state):
