@@ -86,7 +86,7 @@ def collections_migrate(
     compare counts and the top-5 ids of sample searches, and switch only when they match
     (exit 1 otherwise, the collection unchanged). The FAISS files stay in the folder."""
     from ragtune.ingest.collection import Collection
-    from ragtune.ingest.milvus_store import migrate
+    from ragtune.ingest.migrate import migrate
 
     report = migrate(Collection.open(name, _settings(), create=False), to, samples=samples)
     if as_json:

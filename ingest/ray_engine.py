@@ -8,21 +8,23 @@ Why this shape:
   (an actor pool holding the embedder's tokenizer, so chunk boundaries are the local path's) ->
   embed (an actor pool of `Embedder`s, each loaded once per actor; one GPU per actor when the
   cluster has GPUs).
-- Results stream back to the driver (`iter_batches`), which writes them through the same
-  `Writer` and `commit()` as the local path, every `commit_every` documents: one writer, one
-  generation per batch, the same durability contract and the same `IngestReport`.
+- Results stream back to the driver (`iter_batches`), which hands complete documents,
+  `commit_every` at a time, to the one ingest pipeline (ingest/pipeline.py): the same
+  planning, `Writer` and `commit()` as the local engine, one generation per batch, the same
+  durability contract and the same `IngestReport`.
 """
 
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ragtune.ingest.loaders import Document, SkipFile, file_digest, load, walk
+from ragtune.ingest.loaders import Document
+from ragtune.ingest.pipeline import IngestReport, Prepared, load_or_skip, max_bytes
 from ragtune.ingest.splitter import Chunk, SplitConfig, TokenSplitter
 from ragtune.platform.errors import RagtuneError
 from ragtune.platform.progress import progress
@@ -66,20 +68,13 @@ class LoadSplit:
     def __call__(self, batch: Any) -> Any:
         cols: tuple[list, ...] = ([], [], [], [], [])
         for idx, path in zip(batch["doc"].to_pylist(), batch["path"].to_pylist(), strict=True):
-            try:
-                doc = load(Path(path), self.max_bytes, self.text_field)
-                chunks = self.splitter.split(doc)
-            except SkipFile as e:
-                row = (idx, "skip", 0, "", json.dumps({"source": path, "reason": str(e)}))
+            doc = load_or_skip(Path(path), self.max_bytes, self.text_field)
+            if isinstance(doc, str):
+                row = (idx, "skip", 0, "", json.dumps({"source": path, "reason": doc}))
                 for c, v in zip(cols, row, strict=True):
                     c.append(v)
                 continue
-            except Exception as e:  # a parser's own surprise: still only this file's problem
-                reason = f"unreadable ({type(e).__name__}: {e})"
-                row = (idx, "skip", 0, "", json.dumps({"source": path, "reason": reason}))
-                for c, v in zip(cols, row, strict=True):
-                    c.append(v)
-                continue
+            chunks = self.splitter.split(doc)
             head = {"source": doc.source, "sha256": doc.sha256, "mtime": doc.mtime, "size": doc.size,
                     "format": doc.format, "metadata": doc.metadata, "n": len(chunks)}
             rows = [(idx, "doc", 0, "", json.dumps(head, default=str))]
@@ -123,26 +118,6 @@ class Embed:
 
 # -- the driver ----------------------------------------------------------------------------------
 
-def plan(files: list[Path], stored: dict, config_hash: str, max_bytes: int) -> tuple[list[str], list[Path]]:
-    """(unchanged sources, paths to process): a stored document with the same bytes and the same
-    config is unchanged; anything else (new, changed, or a file the loader will refuse) goes to
-    the pipeline, whose loader gives the same skip reasons as the local path."""
-    unchanged, todo = [], []
-    for path in files:
-        old = stored.get(str(path))
-        if old and old.config_hash == config_hash:
-            try:
-                size = path.stat().st_size
-                same = 0 < size <= max_bytes and file_digest(path)[1] == old.sha256
-            except OSError:
-                same = False
-            if same:
-                unchanged.append(str(path))
-                continue
-        todo.append(path)
-    return unchanged, todo
-
-
 def _workers(ray: Any, workers: int | None) -> tuple[int, bool]:
     """(embed actors, on GPUs): one per GPU when the cluster has GPUs, else one per CPU left
     after the load+split actor."""
@@ -168,7 +143,7 @@ def pipeline(ray: Any, col: Any, todo: list[Path], text_field: str | None, worke
         fn_constructor_kwargs={
             "tokenizer": emb.tokenizer, "max_seq_length": emb.max_seq_length,
             "chunk_tokens": s.chunk_tokens, "chunk_overlap": s.chunk_overlap,
-            "max_bytes": int(s.max_file_mb * 1e6), "text_field": text_field})
+            "max_bytes": max_bytes(s), "text_field": text_field})
     resources = {"num_gpus": 1} if gpu else {"num_cpus": 1}
     return ds.map_batches(
         Embed, batch_size=CHUNKS_PER_BATCH, batch_format="pyarrow",
@@ -178,100 +153,58 @@ def pipeline(ray: Any, col: Any, todo: list[Path], text_field: str | None, worke
                                "cache_dir": str(s.models_dir / "onnx")})
 
 
-def add_with_ray(col: Any, paths: list[str | Path], include: list[str] | None,
-                 exclude: list[str] | None, prune: bool, text_field: str | None,
-                 address: str | None = None, workers: int | None = None) -> Any:
-    """`Collection.add` with the load/split/embed work on a Ray cluster (see the module doc).
+class RayEngine:
+    """The pipeline's engine on a Ray cluster. `address`: None starts a local Ray, "auto" or
+    "ray://..." joins a cluster; a Ray already initialised in this process is used as it is."""
 
-    `address`: None starts a local Ray, "auto" or "ray://..." joins a cluster; a Ray already
-    initialised in this process is used as it is."""
-    from ragtune.ingest.collection import IngestReport
+    notes: dict[str, Any] = {"engine": "ray"}
 
-    require_ray()  # even when nothing needs embedding: the engine asked for must be there
-    t0 = time.time()
-    report = IngestReport(col.name)
-    files, report.skipped = walk(list(paths), include, exclude)
-    order = {str(p): i for i, p in enumerate(files)}
-    config_hash = col._config_hash(text_field)
-    with col.store.writer(col.settings.lock_timeout) as w:
-        stored = col.store.documents(w.db)
-        report.unchanged, todo = plan(files, stored, config_hash, int(col.settings.max_file_mb * 1e6))
-        if prune:
-            report.pruned = sorted(s for s in stored if not Path(s).exists())
-        for source in report.pruned:
-            report.chunks_removed += w.delete_source(source, col.embedder.dim)
-        if report.pruned and not todo:
-            w.commit(col._meta())
-        if todo:
-            recorded = w.meta_embedder
-            if recorded and recorded["dim"] != col.embedder.dim:
-                raise RagtuneError(
-                    f"collection {col.name!r} holds {recorded['dim']}-d vectors from "
-                    f"{recorded['name']!r}; the embedder gives {col.embedder.dim}-d: use a new "
-                    "collection")
-            _run(col, w, todo, stored, config_hash, text_field, report, address, workers)
-        for name in ("ingested", "replaced", "unchanged"):  # walk order, as the local path
-            getattr(report, name).sort(key=lambda s: order.get(s, len(order)))
-        report.generation = w.gen
-        col.store.write_manifest({"last_ingest": report.to_dict() | {"finished_at": time.time(),
-                                                                     "engine": "ray"}})
-    report.seconds = time.time() - t0
-    return report
+    def __init__(self, col: Any, text_field: str | None, address: str | None = None,
+                 workers: int | None = None):
+        require_ray()  # even when nothing needs embedding: the engine asked for must be there
+        self.col, self.text_field, self.address, self.workers = col, text_field, address, workers
 
-
-def _run(col: Any, w: Any, todo: list[Path], stored: dict, config_hash: str,
-         text_field: str | None, report: Any, address: str | None, workers: int | None) -> None:
-    ray = require_ray()
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    try:
-        n, gpu = _workers(ray, workers)
-        ds = pipeline(ray, col, todo, text_field, n, gpu)
-        _drain(col, w, ds, stored, config_hash, report, len(todo))
-    finally:
+    def batches(self, todo: list[Path], report: IngestReport) -> Iterator[list[Prepared]]:
+        ray = require_ray()
+        started = not ray.is_initialized()
         if started:
-            ray.shutdown()
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+        try:
+            n, gpu = _workers(ray, self.workers)
+            ds = pipeline(ray, self.col, todo, self.text_field, n, gpu)
+            yield from _drain(ds, report, len(todo), self.col.settings.commit_every,
+                              self.col.embedder.dim)
+        finally:
+            if started:
+                ray.shutdown()
 
 
-def _drain(col: Any, w: Any, ds: Any, stored: dict, config_hash: str, report: Any,
-           total: int) -> None:
-    """Collect rows per document as they stream in (any order); stage each complete document
-    and commit every `commit_every` of them."""
+def _drain(ds: Any, report: IngestReport, total: int, every: int, dim: int
+           ) -> Iterator[list[Prepared]]:
+    """Collect rows per document as they stream in (any order); yield complete documents
+    `every` at a time."""
     heads: dict[int, dict] = {}
     parts: dict[int, list[tuple[int, str, str, np.ndarray]]] = {}
     ready: list[int] = []
-    every = col.settings.commit_every
 
-    def flush() -> None:
+    def take() -> list[Prepared]:
+        out = []
         for i in sorted(ready):
             head, rows = heads.pop(i), sorted(parts.pop(i, []), key=lambda r: r[0])
             doc = Document(head["source"], head["sha256"], head["mtime"], head["size"],
                            head["format"], [], head["metadata"])
             chunks = [Chunk(text, pos, json.loads(meta)) for pos, text, meta, _ in rows]
             vecs = (np.stack([r[3] for r in rows]) if rows
-                    else np.zeros((0, col.embedder.dim), dtype=np.float32))
-            if doc.source in stored:
-                report.chunks_removed += stored[doc.source].chunks
-                report.replaced.append(doc.source)
-            else:
-                report.ingested.append(doc.source)
-            w.put_document(doc, config_hash, chunks, vecs)
-            report.chunks_added += len(chunks)
-        if ready:
-            w.commit(col._meta())  # one generation per batch, as the local path
+                    else np.zeros((0, dim), dtype=np.float32))
+            out.append(Prepared(doc, chunks, vecs))
         ready.clear()
-
-    def complete(i: int) -> None:
-        if i in heads and len(parts.get(i, ())) == heads[i]["n"]:
-            ready.append(i)
-            bar.update(1)
+        return out
 
     with progress(total, "ingest (ray)", unit="doc") as bar:
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             vec_col = batch.column("vector").combine_chunks()
-            dim = vec_col.type.list_size
-            vectors = vec_col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+            width = vec_col.type.list_size
+            vectors = vec_col.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
             for r, (i, kind, pos, text, meta) in enumerate(zip(
                     *(batch.column(c).to_pylist() for c in ("doc", "kind", "pos", "text", "meta")),
                     strict=True)):
@@ -284,10 +217,13 @@ def _drain(col: Any, w: Any, ds: Any, stored: dict, config_hash: str, report: An
                     heads[i] = json.loads(meta)
                 else:
                     parts.setdefault(i, []).append((pos, text, meta, vectors[r].copy()))
-                complete(i)
+                if i in heads and len(parts.get(i, ())) == heads[i]["n"]:
+                    ready.append(i)
+                    bar.update(1)
                 if len(ready) >= every:
-                    flush()
-        flush()
+                    yield take()
+        if ready:
+            yield take()
     if heads:  # a document whose chunks never all arrived: never half-written
         raise RagtuneError(f"the Ray pipeline lost chunks of {len(heads)} document(s): run the "
                            "command again (unchanged documents are skipped)")

@@ -7,8 +7,9 @@
         manifest.json       self-description: embedder, splitter, counts, generation
         write.lock          one writer at a time
 
-The vectors live behind a `VectorStore` (ingest/vector_store.py): FAISS files, as below, by
-default; Milvus by setting (ingest/milvus_store.py says how it keeps the same promises).
+The vectors live behind a `VectorStore` (ingest/vectors/base.py): FAISS files, as below, by
+default; Milvus by setting (ingest/vectors/milvus.py says how it keeps the same promises).
+Changes go through the one `Writer` (ingest/writer.py); the schema is in ingest/schema.py.
 
 With FAISS, a commit writes `index.<gen+1>.<random>.faiss` atomically (a name never used before), then in
 ONE SQLite transaction checks the generation is still `gen`, applies the chunk changes, and
@@ -29,101 +30,25 @@ import sqlite3
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import faiss
-import numpy as np
 from filelock import FileLock, Timeout
 
-from ragtune.ingest import faiss_index
-from ragtune.ingest.faiss_index import IndexFileMissing
-from ragtune.ingest.vector_store import (
-    Payload,
-    VectorSettings,
-    VectorStore,
-    VectorWriter,
-    open_vector_store,
-    read_meta,
-)
-from ragtune.platform.errors import DamagedError, DiskFullError, LockedError, RagtuneError
+from ragtune.ingest.schema import MIGRATIONS, SCHEMA_VERSION, sqlite_guard
+from ragtune.ingest.vectors.base import VectorSettings, VectorStore, read_meta
+from ragtune.ingest.vectors.factory import open_vector_store
+from ragtune.ingest.vectors.faiss import FaissStore
+from ragtune.ingest.writer import Writer
+from ragtune.platform.errors import DiskFullError, LockedError, RagtuneError
 from ragtune.platform.files import write_json
 
 log = logging.getLogger("ragtune")
 
-SCHEMA_VERSION = 1
-
-
-__all__ = ["IndexFileMissing", "Store", "StoredDocument", "Writer", "sqlite_guard"]
-
-
-def sqlite_error(e: sqlite3.Error, db_path: Path) -> Exception:
-    """A sqlite error as the typed error a user can act on (or `e` itself)."""
-    text = str(e).lower()
-    if "full" in text and ("disk" in text or "database" in text):
-        return DiskFullError(f"no space left on the device writing {db_path}: free space and run "
-                             "the command again; what was stored before is unchanged")
-    if type(e) is sqlite3.DatabaseError or "malformed" in text or "not a database" in text:
-        return DamagedError(
-            f"{db_path} is damaged ({e}): restore the collection folder from a backup, or drop "
-            f"it (`ragtune collections drop {db_path.parent.name}`) and ingest again")
-    return e
-
-
-@contextmanager
-def sqlite_guard(db_path: Path) -> Iterator[None]:
-    """Raise a damaged or full database as `DamagedError`/`DiskFullError`, not a bare sqlite3
-    error the user cannot act on."""
-    try:
-        yield
-    except sqlite3.Error as e:
-        typed = sqlite_error(e, db_path)
-        if typed is e:
-            raise
-        raise typed from e
-
-
-def _migration_1(db: sqlite3.Connection) -> None:
-    _run_script(
-        db,
-        """
-        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        CREATE TABLE IF NOT EXISTS documents (
-            id INTEGER PRIMARY KEY,
-            source TEXT NOT NULL UNIQUE,
-            sha256 TEXT NOT NULL,
-            config_hash TEXT NOT NULL,
-            mtime REAL, size INTEGER, format TEXT,
-            metadata TEXT NOT NULL DEFAULT '{}',
-            ingested_at REAL NOT NULL,
-            generation INTEGER NOT NULL
-        );
-        CREATE TABLE IF NOT EXISTS chunks (
-            id INTEGER PRIMARY KEY,
-            doc_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
-            position INTEGER NOT NULL,
-            text TEXT NOT NULL,
-            metadata TEXT NOT NULL DEFAULT '{}'
-        );
-        CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
-        """
-    )
-    # an identity that outlives the name: a reader's cache never mixes two incarnations
-    db.execute("INSERT OR IGNORE INTO meta VALUES ('uuid', ?)", (json.dumps(uuid.uuid4().hex),))
-
-
-def _run_script(db: sqlite3.Connection, script: str) -> None:
-    """Statement by statement: `executescript` would commit the migration's transaction."""
-    for statement in script.split(";"):
-        if statement.strip():
-            db.execute(statement)
-
-
-MIGRATIONS = [_migration_1]  # numbered: MIGRATIONS[i] brings schema i to i+1
+__all__ = ["Store", "StoredDocument", "Writer", "sqlite_guard"]
 
 
 @dataclass
@@ -226,16 +151,9 @@ class Store:
                 db.close()
 
     def index_file(self, db: sqlite3.Connection) -> Path | None:
-        """The committed generation's vectors file (named in the same transaction as the rows).
-
-        Collections written before the name was recorded used `index.<generation>.faiss`."""
-        name = faiss_index.committed_name(self.folder, db)
-        return self.folder / name if name else None
-
-    def load_index(self, db: sqlite3.Connection, dim: int) -> faiss.IndexIDMap2:
-        """The committed generation's FAISS vectors, checked against what chunks.db recorded:
-        the file's checksum, its vector count and dimension (see `faiss_index.load`)."""
-        return faiss_index.load(self.folder, db, dim)
+        """FAISS only, kept while tests/reliability/test_corruption.py and bench/ingest.py call it:
+        they should call `FaissStore(folder).index_file(db)`; remove this then."""
+        return FaissStore(self.folder).index_file(db)
 
     def recorded_vector_store(self, db: sqlite3.Connection) -> dict[str, Any] | None:
         """What chunks.db says holds the vectors; None for a collection never committed (it
@@ -382,153 +300,3 @@ class Store:
             self.write_manifest(keep)
         finally:
             self.lock.release()
-
-
-class Writer:
-    """Stages changes against the current generation; `commit()` makes them one new generation.
-
-    Only used under the collection's file lock (see `Store.writer`).
-    """
-
-    def __init__(self, store: Store):
-        self.store = store
-        self.db = store.connect()
-        self.gen = store.generation(self.db)
-        self.meta_embedder = store.get_meta(self.db, "embedder")
-        self.vector_store = store.vectors(self.db)
-        self.vectors: VectorWriter | None = None
-        self._pending: list[tuple[str, tuple]] = []
-        self._remove_ids: list[int] = []
-        self.vector_store.cleanup(self.db, self.gen)  # what killed writers left, never read
-
-    def _ensure_vectors(self, dim: int) -> VectorWriter:
-        """`dim`: the recorded one when there is one (the vectors' own only for a new collection)."""
-        if self.vectors is None:
-            recorded = int(self.meta_embedder["dim"]) if self.meta_embedder else dim
-            self.vectors = self.vector_store.writer(self.db, self.gen, recorded)
-        return self.vectors
-
-    def chunk_ids(self, source: str) -> list[int]:
-        return [r[0] for r in self.db.execute(
-            "SELECT c.id FROM chunks c JOIN documents d ON c.doc_id=d.id WHERE d.source=?",
-            (source,))]
-
-    def delete_source(self, source: str, dim: int) -> int:
-        ids = self.chunk_ids(source)
-        self._ensure_vectors(dim)
-        self._remove_ids.extend(ids)
-        self._pending.append(("delete", (source,)))
-        return len(ids)
-
-    def put_document(self, doc: Any, config_hash: str, chunks: list[Any],
-                     vectors: np.ndarray) -> None:
-        """Stage a document (replacing any stored one with the same source)."""
-        vw = self._ensure_vectors(vectors.shape[1] if len(vectors) else self.index_dim())
-        if len(vectors) and vectors.shape[1] != vw.dim:
-            raise RagtuneError(
-                f"vectors of dimension {vectors.shape[1]} do not fit collection "
-                f"{self.store.folder.name!r} ({vw.dim}-d): use the embedder it was built with"
-            )
-        self._remove_ids.extend(self.chunk_ids(doc.source))
-        self._pending.append(("put", (doc, config_hash, chunks, vectors)))
-
-    def index_dim(self) -> int:
-        if self.meta_embedder:
-            return int(self.meta_embedder["dim"])
-        raise RagtuneError("collection has no embedder recorded yet")
-
-    def set_kind(self, kind: str, dim: int) -> None:
-        self._ensure_vectors(dim).set_kind(kind)
-        self._pending.append(("kind", (kind,)))
-
-    def replace_vectors(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Stage every vector anew for the same chunks (see `Collection.repair`)."""
-        marks = ",".join("?" * len(ids))
-        rows = {r[0]: r for r in self.db.execute(
-            "SELECT c.id, d.source, d.format, c.position, d.generation, c.metadata FROM chunks c "
-            f"JOIN documents d ON c.doc_id=d.id WHERE c.id IN ({marks})", [int(i) for i in ids])}
-        payloads = [Payload(source=rows[int(i)][1], format=rows[int(i)][2] or "",
-                            position=rows[int(i)][3], generation=rows[int(i)][4],
-                            metadata=json.loads(rows[int(i)][5])) for i in ids]
-        self._ensure_vectors(vectors.shape[1]).replace_all(ids, vectors, payloads)
-        self._pending.append(("rebuild", ()))
-
-    @property
-    def has_changes(self) -> bool:
-        return bool(self._pending)
-
-    def commit(self, meta: dict[str, Any]) -> int:
-        """Write the new generation; returns its number. Nothing staged: nothing written."""
-        if not self._pending:
-            return self.gen
-        db, vw = self.db, self.vectors
-        assert vw is not None
-        now = time.time()
-        new_gen = self.gen + 1
-        rows: list[tuple] = []
-        try:
-            # 1. vectors: remove replaced chunks, allocate ids for new ones (never reused), and
-            # make them durable, invisible to readers of self.gen
-            vw.remove(np.asarray(self._remove_ids, dtype=np.int64))
-            next_id = int(self.store.get_meta(db, "next_chunk_id", 1))
-            for op, args in self._pending:
-                if op != "put":
-                    continue
-                doc, config_hash, chunks, vectors = args
-                ids = np.arange(next_id, next_id + len(chunks), dtype=np.int64)
-                next_id += len(chunks)
-                vw.add(ids, vectors, [
-                    Payload(source=doc.source, format=doc.format or "", position=c.position,
-                            generation=new_gen, metadata=c.metadata) for c in chunks])
-                rows.append((doc, config_hash, chunks, ids))
-            vector_meta = vw.prepare(new_gen)
-        except BaseException:
-            vw.abort()
-            raise
-        # 2. rows + generation in one transaction: this is the commit point
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            if int(Store.get_meta(db, "generation", 0)) != self.gen:
-                raise RagtuneError(
-                    f"collection {self.store.folder.name!r} changed underneath this writer "
-                    f"(generation {self.gen} expected): run the command again")
-            for op, args in self._pending:
-                if op == "delete":
-                    db.execute("DELETE FROM documents WHERE source=?", args)
-            for doc, config_hash, chunks, ids in rows:
-                db.execute("DELETE FROM documents WHERE source=?", (doc.source,))
-                cur = db.execute(
-                    "INSERT INTO documents (source, sha256, config_hash, mtime, size, format, "
-                    "metadata, ingested_at, generation) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (doc.source, doc.sha256, config_hash, doc.mtime, doc.size, doc.format,
-                     json.dumps(doc.metadata), now, new_gen),
-                )
-                doc_id = cur.lastrowid
-                db.executemany(
-                    "INSERT INTO chunks (id, doc_id, position, text, metadata) VALUES (?,?,?,?,?)",
-                    [(int(i), doc_id, c.position, c.text, json.dumps(c.metadata, default=str))
-                     for c, i in zip(chunks, ids, strict=True)],
-                )
-            for key, value in {**meta, **vector_meta}.items():
-                Store.set_meta(db, key, value)
-            Store.set_meta(db, "vector_store", self.vector_store.config())
-            Store.set_meta(db, "next_chunk_id", next_id)
-            Store.set_meta(db, "generation", new_gen)
-            Store.set_meta(db, "updated_at", now)
-            db.execute("COMMIT")
-        except BaseException as e:
-            if db.in_transaction:  # SQLite already rolled back after some errors (a full disk)
-                db.execute("ROLLBACK")
-            vw.abort()
-            if isinstance(e, sqlite3.Error):
-                typed = sqlite_error(e, self.store.db_path)
-                if typed is not e:
-                    raise typed from e
-            raise
-        self.gen = new_gen
-        self._pending, self._remove_ids = [], []
-        vw.committed(db)
-        return new_gen
-
-    def close(self) -> None:
-        self.db.close()

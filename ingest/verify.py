@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ragtune.ingest.store import Store, sqlite_guard
+from ragtune.ingest.schema import sqlite_guard
+from ragtune.ingest.store import Store
 from ragtune.platform.errors import DamagedError
 from ragtune.platform.files import TMP_GLOB
 

@@ -21,7 +21,7 @@ def milvus_uri(tmp_path_factory):
     server = os.environ.get("RAGTUNE_TEST_MILVUS_URI")
     uri = server or str(tmp_path_factory.mktemp("milvus") / "milvus.db")
     yield uri
-    from ragtune.ingest.milvus_store import release
+    from ragtune.ingest.vectors.milvus_client import release
 
     release(uri)
 

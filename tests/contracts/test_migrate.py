@@ -46,17 +46,18 @@ def test_migrate_copies_compares_and_switches(faiss_col, tiny_settings, tmp_path
     assert col.check().ok
 
     with pytest.raises(RagtuneError, match="not a FAISS collection"):
-        from ragtune.ingest.milvus_store import migrate
+        from ragtune.ingest.migrate import migrate
 
         migrate(col, f"milvus://{uri}")
 
 
 def test_a_mismatch_changes_nothing(faiss_col, tiny_settings, tmp_path, monkeypatch):
-    from ragtune.ingest import milvus_store
+    from ragtune.ingest import migrate as migrate_module
+    from ragtune.ingest.vectors import milvus as milvus_store
 
     gen = faiss_col.info()["generation"]
     monkeypatch.setattr(milvus_store.MilvusSnapshot, "count", lambda self: 1)  # a lost vector
-    report = milvus_store.migrate(faiss_col, f"milvus://{tmp_path / 'm.db'}")
+    report = migrate_module.migrate(faiss_col, f"milvus://{tmp_path / 'm.db'}")
     assert not report["ok"] and report["milvus_vectors"] == 1
     col = Collection.open("docs", tiny_settings)
     assert col.info()["vector_store"] == {"kind": "faiss"} and col.info()["generation"] == gen
@@ -84,6 +85,6 @@ def test_the_default_approximate_index_finds_each_chunk(tiny_settings, corpus, m
     for _, text in col.chunks():
         assert col.search(text, k=1)[0].text == text
     col.close()
-    from ragtune.ingest.milvus_store import release
+    from ragtune.ingest.vectors.milvus_client import release
 
     release(str(tmp_path / "auto.db"))

@@ -1,4 +1,4 @@
-"""The vector-store contract (ingest/vector_store.py): FAISS and Milvus pass the same tests,
+"""The vector-store contract (ingest/vectors/base.py): FAISS and Milvus pass the same tests,
 through the public `Collection` API and, for the generation promises, through the protocol."""
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def test_persists_across_objects_and_processes(store_settings, store_kind, corpu
     assert [(h.chunk_id, round(h.score, 4)) for h in again.search(query, k=3)] == want
     again.close()
     if store_kind == "milvus":  # Milvus Lite serves one process at a time: hand the file over
-        from ragtune.ingest.milvus_store import release
+        from ragtune.ingest.vectors.milvus_client import release
 
         release(request.getfixturevalue("milvus_uri"))
     code = ("import json, sys; from ragtune import Collection; c = Collection.open('docs'); "
@@ -135,8 +135,8 @@ def test_a_failed_commit_leaves_the_previous_generation(store_settings, corpus, 
 def test_a_crashed_commit_is_never_read_and_the_next_writer_cleans_it(store_settings, store_kind,
                                                                      corpus, monkeypatch):
     """A crash between writing the vectors and the SQLite commit: nothing cleans up then."""
-    from ragtune.ingest.faiss_index import FaissWriter
-    from ragtune.ingest.milvus_store import MilvusWriter
+    from ragtune.ingest.vectors.faiss import FaissWriter
+    from ragtune.ingest.vectors.milvus import MilvusWriter
 
     writer_cls = {"faiss": FaissWriter, "milvus": MilvusWriter}[store_kind]
     col = Collection.open("docs", store_settings)
@@ -179,8 +179,8 @@ def _retired(col: Collection) -> int:
 def test_readers_see_one_generation(store_settings, store_kind, corpus, monkeypatch):
     """A reader during a commit sees the previous generation whole; a reader that took its
     snapshot before a commit still reads that generation whole after it."""
-    from ragtune.ingest.faiss_index import FaissWriter
-    from ragtune.ingest.milvus_store import MilvusWriter
+    from ragtune.ingest.vectors.faiss import FaissWriter
+    from ragtune.ingest.vectors.milvus import MilvusWriter
 
     col = Collection.open("docs", store_settings)
     col.add([corpus])
@@ -254,8 +254,8 @@ def test_repair_rebuilds_the_vectors(store_settings, corpus):
 
 def test_check_notes_a_crashed_write_until_the_next_writer(store_settings, store_kind, corpus,
                                                            monkeypatch):
-    from ragtune.ingest.faiss_index import FaissWriter
-    from ragtune.ingest.milvus_store import MilvusWriter
+    from ragtune.ingest.vectors.faiss import FaissWriter
+    from ragtune.ingest.vectors.milvus import MilvusWriter
 
     col = Collection.open("docs", store_settings)
     col.add([corpus / "pricing.md"])

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ragtune import Collection, RagtuneError
-from ragtune.ingest import faiss_index
+from ragtune.ingest.vectors import faiss as faiss_index
+from ragtune.ingest.vectors.faiss import FaissStore
 
 
 def _consistent(col: Collection) -> None:
@@ -18,7 +19,7 @@ def _consistent(col: Collection) -> None:
     try:
         db.execute("BEGIN")
         ids = sorted(r[0] for r in db.execute("SELECT id FROM chunks"))
-        index = col.store.load_index(db, col.store.get_meta(db, "embedder")["dim"])
+        index = FaissStore(col.store.folder).load(db, col.store.get_meta(db, "embedder")["dim"])
         db.execute("COMMIT")
     finally:
         db.close()
@@ -277,16 +278,16 @@ def test_newer_schema_is_refused_and_left_alone(tiny_settings, corpus):
 
 
 def test_a_parser_crash_skips_only_that_file(tiny_settings, corpus, monkeypatch):
-    import ragtune.ingest.collection as collection_module
+    import ragtune.ingest.pipeline as pipeline_module
 
-    real = collection_module.load
+    real = pipeline_module.load
 
     def flaky(path, *a, **kw):
         if path.name == "faq.txt":
             raise RuntimeError("parser bug")
         return real(path, *a, **kw)
 
-    monkeypatch.setattr(collection_module, "load", flaky)
+    monkeypatch.setattr(pipeline_module, "load", flaky)
     report = Collection.open("docs", tiny_settings).add([corpus])
     assert len(report.ingested) == 3
     assert ("unreadable (RuntimeError: parser bug)" in dict(report.skipped)[str(corpus / "sub" / "faq.txt")])
@@ -368,7 +369,7 @@ def test_switching_the_embed_backend_reembeds(tiny_settings, corpus):
 
 
 def test_commit_refuses_when_the_generation_moved(tiny_settings, corpus):
-    from ragtune.ingest.store import Writer
+    from ragtune.ingest.writer import Writer
 
     col = Collection.open("docs", tiny_settings)
     col.add([corpus / "pricing.md"])

@@ -13,6 +13,7 @@ import time
 import faiss
 
 from ragtune import Collection
+from ragtune.ingest.vectors.faiss import FaissStore
 
 
 def _generation(db_path) -> int:
@@ -55,7 +56,7 @@ def test_sigkill_mid_ingest_leaves_last_generation_intact(tiny_settings, tmp_pat
         assert 0 < info["documents"] < 400
         db = col.store.connect()
         ids = sorted(r[0] for r in db.execute("SELECT id FROM chunks"))
-        index = col.store.load_index(db, 32)
+        index = FaissStore(col.store.folder).load(db, 32)
         db.close()
         assert sorted(faiss.vector_to_array(index.id_map).tolist()) == ids
         hit = col.search("Record 0: the part number 0 ships from depot 0.", k=1, mode="bm25")

@@ -28,7 +28,7 @@ def _by_doc(col: Collection) -> dict[str, list[tuple[str, np.ndarray]]]:
     finally:
         db.close()
     col.search("warmup", k=1)  # loads the committed vectors snapshot
-    ids, vecs = col._vectors.vectors()
+    ids, vecs = col._searcher.snapshot.vectors()
     by_id = dict(zip(ids.tolist(), vecs, strict=True))
     out: dict[str, list] = {}
     for cid, source, text in rows:

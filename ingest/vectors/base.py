@@ -1,5 +1,7 @@
-"""The seam where a collection's vectors live: a `VectorStore`, FAISS files (the default) or
-Milvus (`RAGTUNE_VECTOR_STORE=milvus`, see docs/scaling-milvus.md).
+"""The seam where a collection's vectors live: the `VectorStore` protocol that FAISS files (the
+default, vectors/faiss.py) and Milvus (`RAGTUNE_VECTOR_STORE=milvus`, vectors/milvus.py, see
+docs/scaling-milvus.md) implement; vectors/factory.py picks one. Implementations import this
+module, never the factory, each other or the chunk store.
 
 chunks.db (SQLite) stays the source of truth for documents, chunks, their payload, the chunk
 ids and the committed generation, whatever holds the vectors. A vector store keeps one vector
@@ -22,10 +24,11 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, TypedDict
 
 import numpy as np
+
+from ragtune.platform.errors import DamagedError
 
 KINDS = ("faiss", "milvus")
 
@@ -39,6 +42,11 @@ class Payload(TypedDict):
     position: int
     generation: int  # the generation that wrote the chunk
     metadata: dict[str, Any]
+
+
+class SnapshotGone(DamagedError):
+    """The vectors chunks.db names are not there. For a reader this usually means a writer
+    committed twice since its snapshot and removed them: read again."""
 
 
 class VectorSnapshot(Protocol):
@@ -131,25 +139,3 @@ class VectorSettings:
 def read_meta(db: sqlite3.Connection, key: str, default: Any = None) -> Any:
     row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
     return json.loads(row[0]) if row else default
-
-
-def open_vector_store(folder: Path, recorded: dict[str, Any] | None, uuid: str,
-                      vs: VectorSettings) -> VectorStore:
-    """The store a collection recorded, or for a new one (nothing recorded) the configured
-    kind. Milvus is imported only when used: pymilvus is an optional extra."""
-    kind = (recorded or {}).get("kind", vs.kind if recorded is None else "faiss")
-    if kind == "faiss":
-        from ragtune.ingest.faiss_index import FaissStore
-
-        return FaissStore(folder)
-    if kind == "milvus":
-        from ragtune.ingest.milvus_store import MilvusStore
-
-        uri = vs.milvus_uri if (vs.explicit_uri or recorded is None) else None
-        uri = uri or (recorded or {}).get("uri") or "milvus.db"
-        name = (recorded or {}).get("collection") or MilvusStore.collection_name(folder.name, uuid)
-        index = (recorded or {}).get("index") or vs.milvus_index
-        return MilvusStore(folder, uri, name, token=vs.milvus_token, index=index)
-    from ragtune.platform.errors import RagtuneError
-
-    raise RagtuneError(f"vector store {kind!r} is unknown: use one of {', '.join(KINDS)}")

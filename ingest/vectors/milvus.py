@@ -1,5 +1,5 @@
 """`MilvusStore`: a collection's vectors in Milvus (a server by URI, or Milvus Lite on a local
-`*.db` file) behind the same `VectorStore` protocol and promises as FAISS (vector_store.py).
+`*.db` file) behind the same `VectorStore` protocol and promises as FAISS (vectors/base.py).
 
 How the generation promises map onto Milvus. chunks.db (SQLite) stays the source of truth for
 documents, chunks, chunk ids and the committed generation; Milvus only holds vectors.
@@ -34,93 +34,25 @@ import json
 import logging
 import re
 import sqlite3
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ragtune.ingest.vector_store import Payload, read_meta
+from ragtune.ingest.vectors.base import Payload, read_meta
+from ragtune.ingest.vectors.milvus_client import STRONG, client, error, is_lite, release, resolve_uri
 from ragtune.platform.errors import DamagedError, RagtuneError
 
 log = logging.getLogger("ragtune")
 
 ID_BATCH = 16_384  # ids per `id in [...]` filter, rows per delete; also Milvus's largest top-k
 WRITE_BATCH = 2_000  # rows per upsert
-STRONG = "Strong"
-
-_clients: dict[tuple[str, str | None], Any] = {}
-_clients_lock = threading.Lock()
-
-
-def is_lite(uri: str) -> bool:
-    """A local Milvus Lite file (pymilvus starts the engine in this process for `*.db`)."""
-    return "://" not in uri and uri.endswith(".db")
-
-
-def resolve_uri(uri: str, folder: Path) -> str:
-    """A Lite file relative to the collection folder; a server as given (`host:port` gets
-    http://)."""
-    if is_lite(uri):
-        path = Path(uri).expanduser()
-        return str(path if path.is_absolute() else (folder / path).resolve())
-    if "://" not in uri:
-        return f"http://{uri}"
-    return uri
-
-
-def client(uri: str, token: str | None = None) -> Any:
-    """One `MilvusClient` per (uri, token) in this process, shared by every collection."""
-    key = (uri, token)
-    with _clients_lock:
-        if key in _clients:
-            return _clients[key]
-        try:
-            from pymilvus import MilvusClient
-        except ImportError:
-            raise RagtuneError("RAGTUNE_VECTOR_STORE=milvus needs pymilvus: pip install "
-                               "'ragtune[milvus]' (pymilvus, and milvus-lite for local files)") from None
-        if is_lite(uri):
-            Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            c = MilvusClient(uri=uri, token=token or "")
-        except Exception as e:
-            hint = ("Milvus Lite serves one process at a time: stop the other process using this "
-                    "file, or run a Milvus server and set RAGTUNE_MILVUS_URI" if is_lite(uri) else
-                    "check that the server is up and RAGTUNE_MILVUS_URI / RAGTUNE_MILVUS_TOKEN")
-            raise RagtuneError(f"cannot open Milvus at {uri} ({e}): {hint}") from None
-        _clients[key] = c
-        return c
-
-
-def release(uri: str) -> None:
-    """Close this process's clients of `uri` and, for a Milvus Lite file, stop its engine so
-    another process may open the file."""
-    with _clients_lock:
-        for key in [k for k in _clients if k[0] == uri]:
-            try:
-                _clients.pop(key).close()
-            except Exception:  # closing is best effort
-                pass
-    if is_lite(uri):
-        try:
-            from milvus_lite import server_manager_instance
-        except ImportError:
-            return
-        server_manager_instance.release_server(uri)
-
-
-def _error(e: Exception, what: str, uri: str) -> RagtuneError:
-    return RagtuneError(f"Milvus at {uri} failed to {what} ({e}): check the server and "
-                        "RAGTUNE_MILVUS_URI; what chunks.db committed is unchanged")
-
 
 def _ids_expr(ids: Any) -> str:
     return "[" + ",".join(str(int(i)) for i in ids) + "]"
 
 
-def _row(cid: int, vector: np.ndarray, p: Payload) -> dict[str, Any]:
+def milvus_row(cid: int, vector: np.ndarray, p: Payload) -> dict[str, Any]:
     return {"id": int(cid), "vector": np.asarray(vector, dtype=np.float32).tolist(),
             "generation": int(p["generation"]), "source": p["source"], "format": p["format"][:64],
             "position": int(p["position"]),
@@ -155,7 +87,7 @@ class MilvusSnapshot:
                     self.store.name, data=q, limit=k, filter=expr, output_fields=[],
                     search_params={"metric_type": "IP"}, consistency_level=STRONG)
             except Exception as e:
-                raise _error(e, "search", self.store.uri) from None
+                raise error(e, "search", self.store.uri) from None
             found += [(float(h["distance"]), int(h["id"])) for h in res[0]]
         found.sort(key=lambda t: -t[0])
         found = found[:k]
@@ -169,7 +101,7 @@ class MilvusSnapshot:
             res = self.store.client.query(self.store.name, filter=self.filter,
                                           output_fields=["count(*)"], consistency_level=STRONG)
         except Exception as e:
-            raise _error(e, "count", self.store.uri) from None
+            raise error(e, "count", self.store.uri) from None
         return int(res[0]["count(*)"])
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
@@ -186,7 +118,7 @@ class MilvusSnapshot:
                 vecs += [r["vector"] for r in batch]
             it.close()
         except Exception as e:
-            raise _error(e, "read the vectors", self.store.uri) from None
+            raise error(e, "read the vectors", self.store.uri) from None
         order = np.argsort(ids, kind="stable")
         out = np.asarray(vecs, dtype=np.float32).reshape(len(ids), -1)
         return np.asarray(ids, dtype=np.int64)[order], out[order]
@@ -224,13 +156,13 @@ class MilvusWriter:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, payloads: list[Payload]) -> None:
         self._check_dim(vectors)
-        self._rows += [_row(i, v, p) for i, v, p in zip(ids, vectors, payloads, strict=True)]
+        self._rows += [milvus_row(i, v, p) for i, v, p in zip(ids, vectors, payloads, strict=True)]
 
     def replace_all(self, ids: np.ndarray, vectors: np.ndarray, payloads: list[Payload]) -> None:
         """Rows keep the generation of their document, so they stay visible to readers of the
         current generation while they are rewritten (same chunks, vectors anew)."""
         self._check_dim(vectors)
-        self._replace = [_row(i, v, p) for i, v, p in zip(ids, vectors, payloads, strict=True)]
+        self._replace = [milvus_row(i, v, p) for i, v, p in zip(ids, vectors, payloads, strict=True)]
 
     def set_kind(self, kind: str) -> None:
         raise RagtuneError(
@@ -251,7 +183,7 @@ class MilvusWriter:
         except RagtuneError:
             raise
         except Exception as e:
-            raise _error(e, "write", s.uri) from None
+            raise error(e, "write", s.uri) from None
         retired = dict(self.retired)
         if self._remove:
             retired[str(new_gen)] = sorted(set(self._remove))
@@ -328,7 +260,7 @@ class MilvusStore:
         except RagtuneError:
             raise
         except Exception as e:
-            raise _error(e, "answer", self.uri) from None
+            raise error(e, "answer", self.uri) from None
 
     def dim(self) -> int:
         fields = self.client.describe_collection(self.name)["fields"]
@@ -361,7 +293,7 @@ class MilvusStore:
             self.client.create_collection(self.name, schema=schema, index_params=params,
                                           consistency_level=STRONG)
         except Exception as e:
-            raise _error(e, f"create collection {self.name!r}", self.uri) from None
+            raise error(e, f"create collection {self.name!r}", self.uri) from None
         return dim
 
     def upsert(self, rows: list[dict[str, Any]]) -> None:
@@ -412,7 +344,7 @@ class MilvusStore:
         try:
             self.client.delete(self.name, filter=f"generation > {gen}")  # never committed
         except Exception as e:
-            raise _error(e, "remove a crashed write's rows", self.uri) from None
+            raise error(e, "remove a crashed write's rows", self.uri) from None
         self.purge_retired(db, gen, read_meta(db, "milvus_retired", {}))
 
     def writer(self, db: sqlite3.Connection, gen: int, dim: int) -> MilvusWriter:
@@ -440,104 +372,3 @@ class MilvusStore:
     def close(self) -> None:
         """Clients are shared per process (see `release` to let another process in)."""
         self._client, self._loaded = None, False
-
-
-# -- `ragtune collections migrate NAME --to milvus://...` ----------------------------------
-EXACT_INDEXES = ("FLAT", "BRUTE_FORCE")
-
-
-def parse_target(target: str) -> str:
-    """`milvus://PATH_OR_URI` -> the URI to record: a Lite file (relative paths are taken from
-    the current folder; nothing after `milvus://` means <collection>/milvus.db) or a server."""
-    if not target.startswith("milvus://"):
-        raise RagtuneError(f"--to {target!r}: use milvus://PATH.db (Milvus Lite) or "
-                           "milvus://host:19530 (a Milvus server)")
-    rest = target[len("milvus://"):]
-    if not rest:
-        return "milvus.db"
-    if is_lite(rest):
-        return str(Path(rest).expanduser().resolve())
-    return rest if "://" in rest else f"http://{rest}"
-
-
-def migrate(col: Any, target: str, samples: int = 20, k: int = 5) -> dict[str, Any]:
-    """Copy a FAISS collection's vectors (with their chunk ids) and payload into Milvus, compare
-    counts and the top-k ids of `samples` stored chunk texts on both, and only when they match
-    switch the collection to Milvus as one new generation. The FAISS files stay in the folder
-    untouched (a way back); a mismatch drops the Milvus copy and changes nothing."""
-    from ragtune.ingest.faiss_index import FaissStore
-    from ragtune.ingest.store import Store
-
-    store, vs = col.store, col.store.vector_settings
-    uri = parse_target(target)
-    with store.writer(col.settings.lock_timeout) as w:
-        db = w.db
-        recorded = store.recorded_vector_store(db)
-        if not recorded or recorded.get("kind") != "faiss":
-            raise RagtuneError(f"collection {col.name!r} is not a FAISS collection (its vectors are "
-                               f"in {(recorded or {}).get('kind', 'nothing yet')}): nothing to migrate")
-        embedder = Store.get_meta(db, "embedder")
-        gen = store.generation(db)
-        dim = int(embedder["dim"])
-        source = FaissStore(store.folder).snapshot(db, dim)
-        ids, vectors = source.vectors()
-        rows = {r[0]: r for r in db.execute(
-            "SELECT c.id, d.source, d.format, c.position, d.generation, c.metadata, c.text "
-            "FROM chunks c JOIN documents d ON c.doc_id=d.id")}
-        dest = MilvusStore(store.folder, uri, MilvusStore.collection_name(col.name, Store.get_meta(
-            db, "uuid")), token=vs.milvus_token, index=vs.milvus_index)
-        if dest.exists():  # an interrupted migrate's copy: ours by its name, never read
-            dest.drop()
-        dest.ensure_collection(dim)
-        dest.upsert([_row(i, v, Payload(source=rows[int(i)][1], format=rows[int(i)][2] or "",
-                                         position=rows[int(i)][3], generation=rows[int(i)][4],
-                                         metadata=json.loads(rows[int(i)][5])))
-                     for i, v in zip(ids, vectors, strict=True)])
-        copy = MilvusSnapshot(dest, gen, dim, {})
-        report = _compare(col, source, copy, [rows[int(i)][6] for i in _spread(ids, samples)], k)
-        exact = source.kind == "flat" and dest.index in EXACT_INDEXES
-        report.update(collection=col.name, generation=gen, chunks=len(rows), to=dest.config(),
-                      required_overlap=1.0 if exact else 0.9)
-        report["ok"] = (report["faiss_vectors"] == report["milvus_vectors"] == len(rows)
-                        and report["mean_overlap"] >= report["required_overlap"])
-        if not report["ok"]:
-            dest.drop()
-            return report
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if store.generation(db) != gen:
-                raise RagtuneError(f"collection {col.name!r} changed during the migration: run it again")
-            Store.set_meta(db, "vector_store", dest.config())
-            Store.set_meta(db, "index_type", f"milvus:{dest.index}")
-            Store.set_meta(db, "milvus_retired", {})
-            Store.set_meta(db, "generation", gen + 1)
-            Store.set_meta(db, "updated_at", time.time())
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            dest.drop()
-            raise
-        report["generation"] = gen + 1
-        store.write_manifest({})
-    col.close()
-    return report
-
-
-def _spread(ids: np.ndarray, n: int) -> list[int]:
-    """`n` ids spread evenly over the collection (every document region, not the first n)."""
-    if not len(ids):
-        return []
-    picks = np.linspace(0, len(ids) - 1, num=min(n, len(ids))).round().astype(int)
-    return [int(ids[i]) for i in sorted(set(picks.tolist()))]
-
-
-def _compare(col: Any, source: Any, copy: MilvusSnapshot, texts: list[str], k: int) -> dict[str, Any]:
-    queries = col.embedder.encode(texts) if texts else np.zeros((0, source.dim), np.float32)
-    samples = []
-    for text, q in zip(texts, queries, strict=True):
-        a = source.search(q, k)[1].tolist()
-        b = copy.search(q, k)[1].tolist()
-        samples.append({"text": text[:60], "faiss": a, "milvus": b,
-                        "overlap": len(set(a) & set(b)) / max(len(a), 1)})
-    return {"faiss_vectors": source.count(), "milvus_vectors": copy.count(), "samples": samples,
-            "mean_overlap": float(np.mean([s["overlap"] for s in samples])) if samples else 1.0}

@@ -1,5 +1,5 @@
 """FAISS index helpers: ids are chunk ids (`IndexIDMap2`), inner product on normalised vectors,
-and `FaissStore`, the default `VectorStore` (see ingest/vector_store.py): one immutable file per
+and `FaissStore`, the default `VectorStore` (see vectors/base.py): one immutable file per
 generation, named (with its checksum) in chunks.db by the commit transaction.
 
 Kinds: `flat` (exact, the default), `hnsw` (graph, fast at scale, rebuilt on removal since
@@ -17,7 +17,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ragtune.ingest.vector_store import Payload, read_meta
+from ragtune.ingest.vectors.base import Payload, SnapshotGone, read_meta
 from ragtune.platform.errors import DamagedError, RagtuneError
 from ragtune.platform.files import atomic_writer, remove_temp_files
 
@@ -196,9 +196,8 @@ def repair_hint(path: Path) -> str:
             "stored chunk texts")
 
 
-class IndexFileMissing(DamagedError):
-    """chunks.db names an index file that is not there. For a reader this usually means a
-    writer committed twice since its snapshot and removed that file: read again."""
+class IndexFileMissing(SnapshotGone):
+    """chunks.db names an index file that is not there (see `SnapshotGone`)."""
 
 
 def committed_name(folder: Path, db: sqlite3.Connection) -> str | None:
@@ -324,6 +323,15 @@ class FaissStore:
 
     def config(self) -> dict[str, Any]:
         return {"kind": "faiss"}
+
+    def index_file(self, db: sqlite3.Connection) -> Path | None:
+        """The committed generation's vectors file (named in the same transaction as the rows)."""
+        name = committed_name(self.folder, db)
+        return self.folder / name if name else None
+
+    def load(self, db: sqlite3.Connection, dim: int) -> faiss.IndexIDMap2:
+        """The committed generation's index, checked against chunks.db (see `load`)."""
+        return load(self.folder, db, dim)
 
     def remove_files(self, keep: set[str | None]) -> None:
         """Index files but the current and previous generation's (a reader may still be
