@@ -27,20 +27,14 @@ from typing import Any
 
 from ragtune.platform.errors import DamagedError, DiskFullError, NotFoundError, RagtuneError
 from ragtune.platform.files import fsync_dir, write_json
+from ragtune.platform.names import check_name
 from ragtune.platform.settings import Settings
 
 META = "ragtune_adapter.json"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ALIASES = ("latest", "production")
 WEIGHTS = "adapter_model.safetensors"
 # formats that torch.load / pickle read, and so can run code while loading (`__reduce__`)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
-
-
-def check_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise RagtuneError(f"adapter name {name!r} is not allowed: use letters, digits, '.', '_', '-'")
-    return name
 
 
 def refuse_pickles(folder: Path, what: str = "adapter") -> None:
@@ -122,7 +116,7 @@ def register(settings: Settings, name: str, adapter_dir: Path, meta: dict[str, A
     The version is built in a hidden `.incoming-*` folder, fsynced, then renamed into place:
     the rename is the commit point, so a kill or an error before it leaves no version (and an
     error removes the temp folder), after it a complete one."""
-    folder = settings.adapters_dir / check_name(name)
+    folder = settings.adapters_dir / check_name(name, "adapter")
     refuse_pickles(adapter_dir)
     if not (adapter_dir / WEIGHTS).exists():
         raise RagtuneError(f"{adapter_dir} holds no {WEIGHTS}: nothing to register")
@@ -169,7 +163,7 @@ def register(settings: Settings, name: str, adapter_dir: Path, meta: dict[str, A
 def resolve(settings: Settings, ref: str) -> Path:
     """`name`, `name@v3`, `name@production` -> the version folder (default: latest)."""
     name, _, which = ref.partition("@")
-    folder = settings.adapters_dir / check_name(name)
+    folder = settings.adapters_dir / check_name(name, "adapter")
     versions = _versions(folder)
     if not versions:
         known = ", ".join(sorted(d.name for d in settings.adapters_dir.glob("[!.]*") if _versions(d)))
@@ -222,7 +216,7 @@ def promote(settings: Settings, ref: str, alias: str = "production") -> str:
 def delete(settings: Settings, ref: str) -> list[str]:
     """Delete one version (`name@v2`) or, with a bare name, every version of the adapter."""
     name, _, which = ref.partition("@")
-    folder = settings.adapters_dir / check_name(name)
+    folder = settings.adapters_dir / check_name(name, "adapter")
     if not which:
         gone = _versions(folder)
         if not gone:
