@@ -3,8 +3,8 @@
 - validation loss per epoch and a loss-curve PNG;
 - an effect check: on fixed golden prompts the adapter's output must differ from the base's
   (catches an adapter that is silently not applied);
-- format adherence: share of generations that parse as JSON (when the targets are JSON), and
-  that satisfy `json_schema` when given;
+- format adherence: share of generations that are one JSON object (when the targets are), and
+  that satisfy `json_schema` when given (platform/json_answer.py: the one definition);
 - style: mean embedding similarity of generations to the reference answers;
 - forgetting: perplexity on general text (Python's reference docs) before and after, flagged
   when it worsens by more than `forgetting_margin`.
@@ -12,35 +12,20 @@
 
 from __future__ import annotations
 
-import json
 import math
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ragtune.platform.json_answer import json_valid
 from ragtune.platform.prompt import render
-from ragtune.train.data import Example
+
+if TYPE_CHECKING:
+    from ragtune.train.data import Example
 
 GENERAL_TOPICS = ("assert", "for", "import", "lambda", "try", "while")  # pydoc_data.topics
-
-
-def parse_json(text: str) -> Any:
-    """The JSON value in `text` (a ```json fence is tolerated), or raise ValueError."""
-    t = text.strip()
-    if t.startswith("```"):
-        t = t.strip("`")
-        t = t[4:] if t.lower().startswith("json") else t
-    return json.loads(t)
-
-
-def _is_json(text: str) -> bool:
-    try:
-        parse_json(text)
-        return True
-    except ValueError:
-        return False
 
 
 @torch.no_grad()
@@ -109,12 +94,7 @@ def evaluate(
     sample = val[:max_prompts]
     prompts = [ex.messages[:-1] for ex in sample]
     refs = [ex.messages[-1]["content"] for ex in sample]
-    targets_json = bool(refs) and sum(_is_json(r) for r in refs) >= 0.8 * len(refs)
-    validator = None
-    if json_schema is not None:
-        import jsonschema
-
-        validator = jsonschema.Draft202012Validator(json_schema)
+    targets_json = bool(refs) and sum(json_valid(r) for r in refs) >= 0.8 * len(refs)
     was_training = model.training
     model.eval()
     arms: dict[str, dict[str, Any]] = {}
@@ -126,17 +106,10 @@ def evaluate(
             ppl = perplexity(model, tokenizer, text)
         row: dict[str, Any] = {"outputs": outs, "general_perplexity": ppl,
                                "style_similarity": _similarity(embedder, outs, refs)}
-        if targets_json or validator is not None:
-            parsed = []
-            for o in outs:
-                try:
-                    parsed.append(parse_json(o))
-                except ValueError:
-                    parsed.append(None)
-            row["json_valid"] = sum(p is not None for p in parsed) / max(len(outs), 1)
-            if validator is not None:
-                row["schema_valid"] = sum(
-                    p is not None and validator.is_valid(p) for p in parsed) / max(len(outs), 1)
+        if targets_json or json_schema is not None:  # one definition: platform/json_answer.py
+            row["json_valid"] = sum(json_valid(o) for o in outs) / max(len(outs), 1)
+            if json_schema is not None:
+                row["schema_valid"] = sum(json_valid(o, json_schema) for o in outs) / max(len(outs), 1)
         arms[arm] = row
     model.train(was_training)
     differ = sum(a != b for a, b in zip(arms["base"]["outputs"], arms["adapter"]["outputs"],

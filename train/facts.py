@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ragtune.train.data import Example
+if TYPE_CHECKING:
+    from ragtune.train.data import Example
 
 # numbers with at least two digits (prices, counts, dates, SKUs) and Capitalised Names
 # that do not start a sentence
