@@ -66,3 +66,16 @@ def _parse_where(where: list[str] | None) -> dict[str, str] | None:
             raise RagtuneError(f"--where {item!r} is not KEY=GLOB: e.g. --where source='*faq*'")
         out[key.strip()] = value.strip()
     return out
+
+
+def plan_chooser(settings):  # noqa: ANN001, ANN201
+    """The applied plan's chooser for `--adapter auto` (the embedder loads on first use)."""
+    from functools import cache
+
+    from ragtune.ingest.embedder import Embedder
+    from ragtune.platform.router import QueryRouter
+    from ragtune.train.auto import PlanChooser
+
+    embedder = cache(lambda: Embedder.from_settings(settings))
+    return PlanChooser(settings, cache(lambda: QueryRouter(embedder().encode)),
+                       lambda texts: embedder().encode(texts))

@@ -9,15 +9,16 @@ from typing import Annotated
 
 import typer
 
-from ragtune.cli.app import JsonOpt, _out, _parse_where, _settings, app
+from ragtune.cli.app import JsonOpt, _out, _parse_where, _settings, app, plan_chooser
 from ragtune.platform.errors import RagtuneError
 
 
 @app.command()
 def ask(
     question: Annotated[str, typer.Argument(help="the question")],
-    adapter: Annotated[str | None, typer.Option(help="adapter: name, name@v2, name@production")
-                       ] = None,
+    adapter: Annotated[str | None, typer.Option(
+        help="adapter: name, name@v2, name@production, or auto (the applied plan decides the "
+             "adapter and, without --collection, whether to retrieve)")] = None,
     collection: Annotated[str | None, typer.Option("--collection", "-c",
                                                    help="retrieve from this collection")] = None,
     k: Annotated[int, typer.Option("-k", "--k", help="chunks to retrieve")] = 5,
@@ -34,7 +35,7 @@ def ask(
 ) -> None:
     """Ask the assistant in-process (no server): retrieval, adapter and citations as the API."""
     from ragtune.generate.engine import Engine
-    from ragtune.platform.assistant import Assistant
+    from ragtune.platform.assistant import Assistant, RagSpec, TurnRequest
     from ragtune.platform.types import GenParams
 
     settings = _settings()
@@ -48,23 +49,28 @@ def ask(
             json_schema = json.loads(schema.read_text())
         except (OSError, ValueError) as e:
             raise RagtuneError(f"--schema {schema}: not a readable JSON file ({e})") from None
-    retriever = None
-    if collection:
-        from ragtune.ingest.collection import Collection
+    from ragtune.ingest.collection import Collection
 
-        retriever = Collection.open(collection, settings, create=False)
+    # a missing collection fails before the model loads
+    retriever = Collection.open(collection, settings, create=False) if collection else None
+    chooser = plan_chooser(settings) if adapter == "auto" else None
     engine = Engine(settings, max_batch=1)
     try:
-        answer = Assistant(engine, settings, system=system).ask(
-            [{"role": "user", "content": question}],
-            GenParams(max_tokens=max_tokens or settings.max_tokens, temperature=temperature,
-                      response_format=response_format, json_schema=json_schema),
-            retriever, k, mode, _parse_where(where), collection, adapter)
+        assistant = Assistant(engine, settings, system=system, chooser=chooser,
+                              retrievers=lambda name: retriever if name == collection
+                              else Collection.open(name, settings, create=False))
+        params = GenParams(max_tokens=max_tokens or settings.max_tokens, temperature=temperature,
+                           response_format=response_format, json_schema=json_schema)
+        rag = RagSpec(collection, k, mode, _parse_where(where)) if collection else None
+        answer = assistant.turn(TurnRequest([{"role": "user", "content": question}], params,
+                                            adapter, rag)).answer()
     finally:
         engine.close()
     if as_json:
         return _out(answer.to_dict())
     typer.echo(answer.text)
+    for line in (answer.used.get("auto") or {}).get("why", []):
+        typer.echo(f"auto: {line}", err=True)
     if answer.citations:
         typer.echo("")
         for c in answer.citations:
@@ -83,7 +89,9 @@ def ask(
 def eval_cmd(
     qa: Annotated[Path, typer.Argument(help="QA set: JSONL with question, facts, format, "
                                         "reference")],
-    adapter: Annotated[str | None, typer.Option(help="adapter for the adapter arms")] = None,
+    adapter: Annotated[str | None, typer.Option(
+        help="adapter for the adapter arms (auto: the applied plan picks one per question)")
+                       ] = None,
     collection: Annotated[str | None, typer.Option("--collection", "-c",
                                                    help="collection for the retrieval arms")
                           ] = None,
@@ -120,7 +128,8 @@ def eval_cmd(
     log = (lambda m: typer.echo(m, err=True)) if as_json else typer.echo
     report = qa_eval.run_eval(settings, items, adapter, collection, chosen, k=k,
                               max_tokens=max_tokens, concurrency=concurrency, system=system,
-                              schema=json_schema, log=log)
+                              schema=json_schema, log=log,
+                              chooser=plan_chooser(settings) if adapter == "auto" else None)
     out = out or settings.home / "evals" / f"{qa.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     paths = qa_eval.write_report(report, out)
     if as_json:

@@ -28,12 +28,12 @@ from ragtune.evals.scores import (
     mean,
     parse_json_object,
 )
-from ragtune.platform.assistant import Answer, Assistant
+from ragtune.platform.assistant import Answer, Assistant, RagSpec, TurnRequest
 from ragtune.platform.errors import RagtuneError
 from ragtune.platform.files import write_json
 from ragtune.platform.progress import progress
 from ragtune.platform.settings import Settings
-from ragtune.platform.types import GenParams
+from ragtune.platform.types import Chooser, GenParams
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,8 @@ def _score(item: QAItem, answer: Answer, schema: dict[str, Any] | None,
         "completion_tokens": answer.usage["completion_tokens"],
         "cited": [{"source": c["source"], "position": c["position"], "by": c["cited_by"]}
                   for c in cited],
-        "retrieved": len(answer.citations),
+        "retrieved": len(answer.citations), "model": answer.used["model"],
+        **({"auto": answer.used["auto"]} if "auto" in answer.used else {}),
     }
 
 
@@ -94,8 +95,11 @@ def run_eval(settings: Settings, items: list[QAItem], adapter: str | None, colle
              arms: list[Arm], *, k: int = 3, max_tokens: int = 128, concurrency: int = 8,
              system: str | None = None, schema: dict[str, Any] | None = None,
              engine: Any = None, embedder: Any = None,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Answer every item in every arm and score the answers."""
+             log: Callable[[str], None] = print, chooser: Chooser | None = None
+             ) -> dict[str, Any]:
+    """Answer every item in every arm and score the answers. `adapter="auto"` runs the adapter
+    arms through `chooser` (the applied plan: the adapter and its system prompt are chosen per
+    question; retrieval stays the arm's)."""
     from ragtune.generate.engine import Engine
     from ragtune.ingest.collection import Collection
     from ragtune.ingest.embedder import Embedder
@@ -104,9 +108,10 @@ def run_eval(settings: Settings, items: list[QAItem], adapter: str | None, colle
     engine = engine or Engine(settings, max_batch=concurrency)
     try:
         retriever = Collection.open(collection, settings, create=False) if collection else None
-        ref = engine.resolve_model(adapter) if adapter else None
+        ref = engine.resolve_model(adapter) if adapter and adapter != "auto" else None
         system = system or (ref.system if ref else None)
-        assistant = Assistant(engine, settings, system=system)
+        assistant = Assistant(engine, settings, system=system, chooser=chooser,
+                              retrievers=lambda _name: retriever)
         embedder = embedder or (retriever.embedder if retriever else Embedder.from_settings(settings))
         results: dict[str, list[dict[str, Any]]] = {}
         for arm in arms:
@@ -120,8 +125,8 @@ def run_eval(settings: Settings, items: list[QAItem], adapter: str | None, colle
     summary = {arm: _summarise(rows) for arm, rows in results.items()}
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "items": len(items),
-        "adapter": ref.label if ref else None, "collection": collection,
-        "generation": getattr(retriever, "generation", None), "k": k, "max_tokens": max_tokens,
+        "adapter": ref.label if ref else adapter, "collection": collection,
+        "generation": retriever.generation if retriever else None, "k": k, "max_tokens": max_tokens,
         "base_model": engine.model_name, "system": system,
         "arms": [a.name for a in arms], "summary": summary,
         "levers": levers(results, items), "results": results,
@@ -139,10 +144,10 @@ def _run_arm(assistant: Assistant, items: list[QAItem], arm: Arm, adapter: str |
         params = GenParams(max_tokens=max_tokens, response_format=fmt, json_schema=item_schema
                            if fmt == "json_schema" else None)
         t0 = time.perf_counter()
-        answer = assistant.ask([{"role": "user", "content": item.question}], params,
-                               retriever if arm.rag else None, k=k,
-                               collection=collection if arm.rag else None,
-                               model=adapter if arm.adapter else None)
+        rag = RagSpec(collection, k) if arm.rag else None
+        answer = assistant.turn(TurnRequest([{"role": "user", "content": item.question}], params,
+                                            adapter if arm.adapter else None, rag,
+                                            auto_retrieval=False)).answer()
         return _score(item, answer, item_schema, time.perf_counter() - t0)
 
     rows: list[dict[str, Any]] = []

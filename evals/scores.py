@@ -32,6 +32,7 @@ from typing import Any
 import jsonschema
 
 from ragtune.platform.errors import RagtuneError
+from ragtune.platform.json_answer import json_valid, parse_answer
 
 FORMATS = ("json", "text")
 
@@ -145,27 +146,14 @@ def citation_correctness(cited_texts: Sequence[str], facts: Sequence[Sequence[st
     return good / len(cited_texts)
 
 
-def parse_json_object(text: str) -> Any:
-    """The answer as JSON, or None. Only a whole answer that is JSON counts (a helpdesk parser
-    gets the whole text); surrounding code fences are tolerated."""
-    s = text.strip()
-    if s.startswith("```"):
-        s = s.strip("`").removeprefix("json").strip()
-    try:
-        return json.loads(s)
-    except ValueError:
-        return None
+parse_json_object = parse_answer  # the answer as JSON, or None (platform/json_answer.py)
 
 
 def format_valid(text: str, fmt: str, schema: dict[str, Any] | None) -> bool:
+    """A text item: any non-empty answer; a json item: the one JSON-validity rule."""
     if fmt == "text":
         return bool(text.strip())
-    obj = parse_json_object(text)
-    if not isinstance(obj, dict):
-        return False
-    if schema is None:
-        return True
-    return jsonschema.Draft202012Validator(schema).is_valid(obj)
+    return json_valid(text, schema)
 
 
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:

@@ -1,8 +1,11 @@
-"""The assistant: [retrieve] -> prompt -> generate (base + adapter) -> answer with citations.
+"""The assistant: one chat turn, [retrieve] -> prompt -> generate (base + adapter) -> answer.
 
-It composes a `Retriever` and a `Generator` it is handed and never imports the vector store or
-the engine. `ragtune ask` and the HTTP API run the same three steps: `prepare` (retrieval, the
-relevance floor, the context budget, the prompt), generation, `finish` (citations, usage).
+It composes a `Generator`, the retrievers and the `auto` chooser it is handed and never imports
+the vector store or the engine. Every edge runs the same turn (`Assistant.turn` -> `Turn`):
+admission, the model reference (`auto` through the chooser), access checks, retrieval, the
+relevance floor, the context budget, the prompt, generation, the output filters and the answer
+(citations, usage). `ragtune ask` and `ragtune eval` collect its events on a thread
+(`Turn.events`), the HTTP chat streams or collects them on the event loop (`Turn.aevents`).
 
 With `injection_guard` on (the default), retrieved chunks are sanitised before anything sees
 them (prompt, budget, citations: a changed chunk's citation lists why in `flagged`), and the
@@ -12,15 +15,19 @@ no one gave the model (`platform.guard`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ragtune.platform.citations import CitationFilter, attribute
-from ragtune.platform.guard import GuardedFilter, OutputGuard, guard_chunks, special_tokens
+from ragtune.platform.errors import NotFoundError
+from ragtune.platform.guard import GuardedFilter, OutputGuard, guard_chunks
 from ragtune.platform.prompt import build_messages, format_context
 from ragtune.platform.settings import Settings
 from ragtune.platform.types import (
+    Choice,
+    Chooser,
     Generator,
     GenEvent,
     GenParams,
@@ -30,6 +37,33 @@ from ragtune.platform.types import (
 )
 
 JSON_FORMATS = ("json_object", "json_schema")
+# (adapter label or None for the base, collection or None): raise to refuse the turn
+Authorize = Callable[[str | None, str | None], None]
+
+
+@dataclass
+class RagSpec:
+    """Retrieval for one turn: from which collection (None: a retriever handed over directly,
+    nameless), how many chunks, how, filtered how."""
+
+    collection: str | None
+    k: int = 5
+    mode: str = "dense"
+    where: dict[str, str] | None = None
+
+
+@dataclass
+class TurnRequest:
+    """One turn as every edge states it: the conversation, how to generate, which model
+    (`None` or a base name: the base; an adapter reference; `auto`: the chooser decides) and
+    retrieval (`rag`). `auto_retrieval` lets `auto` add the plan's retrieval when `rag` is None
+    (off where the caller decides retrieval itself, as the evaluation's arms do)."""
+
+    messages: list[dict[str, str]]
+    params: GenParams
+    model: str | None = None
+    rag: RagSpec | None = None
+    auto_retrieval: bool = True
 
 
 @dataclass
@@ -71,10 +105,16 @@ def last_user_text(messages: Sequence[dict[str, Any]]) -> str:
 
 
 class Assistant:
-    def __init__(self, generator: Generator, settings: Settings, system: str | None = None):
+    def __init__(self, generator: Generator, settings: Settings, system: str | None = None,
+                 retrievers: Callable[[str | None], Retriever] | None = None,
+                 chooser: Chooser | None = None):
+        """`retrievers` opens a collection by name for a turn's `rag`; `chooser` decides what
+        `model: "auto"` runs (None: `auto` is refused)."""
         self.generator = generator
         self.settings = settings
         self.system = system
+        self.retrievers = retrievers
+        self.chooser = chooser
         self._tokens: list[str] | None = None
 
     @property
@@ -85,7 +125,7 @@ class Assistant:
         if not self.guard or not chunks:
             return chunks
         if self._tokens is None:  # the serving tokenizer's control tokens, once
-            self._tokens = special_tokens(getattr(self.generator, "tokenizer", None))
+            self._tokens = self.generator.special_tokens()
         return guard_chunks(chunks, self._tokens)
 
     def _build(self, prep: Prepared, conversation: list[dict[str, str]],
@@ -122,7 +162,7 @@ class Assistant:
                                                                         where=where)
             best = probe[0].score if probe else None
         prep = Prepared([], [], retrieved, best_score=best, collection=collection,
-                        generation=getattr(retriever, "generation", None))
+                        generation=retriever.generation)
         floor = self.settings.relevance_floor
         if best is None or best < floor:
             if response_format not in JSON_FORMATS and adapter is None:
@@ -198,24 +238,144 @@ class Assistant:
                 "adapter": ref.label if ref.adapter else None,
                 "constrained": params.response_format in JSON_FORMATS}
 
+    # -- the whole turn ------------------------------------------------------------------------
+    def turn(self, req: TurnRequest, authorize: Authorize | None = None) -> Turn:
+        """Everything before generation, in the order that makes a refused request cheap:
+        admission on the bare conversation (context window, queue), the model reference (`auto`
+        through the chooser), `authorize` (adapter, collection), retrieval and the prompt."""
+        params = req.params
+        gen = self.generator
+        gen.check_fits(sum(gen.count_tokens(str(m.get("content") or "")) for m in req.messages),
+                       params.max_tokens)
+        gen.check_room()
+        model, rag, choice = req.model, req.rag, None
+        if model == "auto":
+            if self.chooser is None:
+                raise NotFoundError("model 'auto' serves an applied plan, and none is wired here: "
+                                    "run `ragtune plan apply`, or name an adapter")
+            choice = self.chooser.choose(last_user_text(req.messages))
+            model = choice.adapter or "base"
+            if rag is None and req.auto_retrieval and choice.retrieve and choice.collection:
+                rag = RagSpec(choice.collection, mode=choice.mode)
+        ref = gen.resolve_model(model)
+        collection = rag.collection if rag else None
+        if authorize is not None:
+            authorize(ref.label if ref.adapter else None, collection)
+        retriever = None
+        if rag is not None:
+            if self.retrievers is None:
+                raise NotFoundError(f"collection {collection!r}: no retrieval is wired here")
+            retriever = self.retrievers(rag.collection)
+        system = ref.system
+        if choice is not None and choice.system_prompt:
+            system = "\n".join(([system] if system else []) + choice.system_prompt)
+        prep = self.prepare(req.messages, retriever, rag.k if rag else 5,
+                            rag.mode if rag else "dense", rag.where if rag else None, collection,
+                            params.response_format, system, ref.adapter)
+        used = self.used(ref, params)
+        if choice is not None:
+            used["auto"] = choice.summary()
+        return Turn(self, prep, ref, params, used, choice)
+
     def ask(self, messages: Sequence[dict[str, str]], params: GenParams | None = None,
             retriever: Retriever | None = None, k: int = 5, mode: str = "dense",
             where: dict[str, str] | None = None, collection: str | None = None,
             model: str | None = None) -> Answer:
-        """The whole assistant, blocking (what `ragtune ask` runs)."""
+        """The whole turn, blocking, with one retriever at hand (what Python callers run)."""
         params = params or GenParams(max_tokens=self.settings.max_tokens)
-        ref = self.generator.resolve_model(model)
-        prep = self.prepare(messages, retriever, k, mode, where, collection, params.response_format,
-                            ref.system, ref.adapter)
-        used = self.used(ref, params)
-        flt = self.citation_filter(prep, params.response_format)
-        if prep.refusal:
-            return self.finish(prep, prep.refusal, flt, GenEvent(finish_reason="stop"), used)
-        handle = self.generator.submit(self.generator.prompt_ids(prep.messages), params, ref.adapter,
-                                       ref.folder)
-        text, last = "", GenEvent()
-        for ev in handle.events():
-            text += flt.feed(ev.text)
-            last = ev
-        text += flt.flush()
-        return self.finish(prep, text.strip(), flt, last, used)
+        rag = None if retriever is None else RagSpec(collection, k, mode, where)
+        helper = self if retriever is None else self.with_retrievers(lambda _name: retriever)
+        return helper.turn(TurnRequest([dict(m) for m in messages], params, model, rag)).answer()
+
+    def with_retrievers(self, retrievers: Callable[[str | None], Retriever]) -> Assistant:
+        """This assistant (same generator, settings, system prompt, chooser) reading from
+        `retrievers`."""
+        other = Assistant(self.generator, self.settings, self.system, retrievers, self.chooser)
+        other._tokens = self._tokens
+        return other
+
+
+@dataclass
+class TurnEvent:
+    """A piece of a turn: `text` as sent (through the output filters) and `raw`, the model's own
+    text; the last event carries the finished `answer` instead."""
+
+    text: str = ""
+    raw: str = ""
+    answer: Answer | None = None
+
+
+class Turn:
+    """One prepared turn: `events()` (a thread) or `aevents()` (the event loop) run generation,
+    unless the relevance floor already answered, and end with the finished answer."""
+
+    def __init__(self, assistant: Assistant, prep: Prepared, ref: ModelRef, params: GenParams,
+                 used: dict[str, Any], choice: Choice | None = None):
+        self.assistant, self.prep, self.ref, self.params = assistant, prep, ref, params
+        self.used, self.choice = used, choice
+        self.filter = assistant.citation_filter(prep, params.response_format)
+        self.handle: Any = None
+        self.text = ""
+        self.last = GenEvent(finish_reason="stop")
+
+    @property
+    def refusal(self) -> str | None:
+        return self.prep.refusal
+
+    @property
+    def collection(self) -> str | None:
+        return self.prep.collection
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> Turn:
+        """Submit the prompt (nothing when the relevance floor answered, or already submitted);
+        with `loop`, the events are read with `aevents` on that loop."""
+        if self.handle is None and not self.refusal:
+            gen = self.assistant.generator
+            self.handle = gen.submit(gen.prompt_ids(self.prep.messages), self.params,
+                                     self.ref.adapter, self.ref.folder, loop=loop)
+        return self
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+
+    def _piece(self, ev: GenEvent) -> TurnEvent:
+        piece = self.filter.feed(ev.text)
+        self.text += piece
+        self.last = ev
+        return TurnEvent(piece, ev.text)
+
+    def _end(self) -> Iterator[TurnEvent]:
+        if self.refusal:
+            self.text = self.refusal
+            yield TurnEvent(self.refusal, self.refusal)
+        else:
+            tail = self.filter.flush()
+            if tail:
+                self.text += tail
+                yield TurnEvent(tail)
+        yield TurnEvent(answer=self.assistant.finish(self.prep, self.text.strip(), self.filter,
+                                                     self.last, self.used))
+
+    def events(self) -> Iterator[TurnEvent]:
+        self.start()
+        if self.handle is not None:
+            for ev in self.handle.events():
+                yield self._piece(ev)
+        yield from self._end()
+
+    async def aevents(self) -> AsyncIterator[TurnEvent]:
+        if self.handle is None and not self.refusal:
+            self.start(asyncio.get_running_loop())
+        if self.handle is not None:
+            async for ev in self.handle.aevents():
+                yield self._piece(ev)
+        for ev in self._end():
+            yield ev
+
+    def answer(self) -> Answer:
+        """Run the turn to its end on this thread and return the answer."""
+        for ev in self.events():
+            if ev.answer is not None:
+                return ev.answer
+        raise AssertionError("a turn always ends with its answer")

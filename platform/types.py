@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -21,7 +23,10 @@ class ScoredChunk:
 
 @runtime_checkable
 class Retriever(Protocol):
-    """Anything that returns scored chunks for a query (FAISS collection, a vector DB, ...)."""
+    """Anything that returns scored chunks for a query (FAISS collection, a vector DB, ...), and
+    says which committed generation of its index it reads (None: it has no generations)."""
+
+    generation: int | None
 
     def search(
         self, query: str, k: int = 5, mode: str = "dense", where: dict[str, str] | None = None
@@ -67,9 +72,12 @@ class ModelRef:
 
 
 class GenHandle(Protocol):
-    """One submitted generation: its events in order, and a way to stop it."""
+    """One submitted generation: its events in order (`events()` on a thread, `aevents()` on
+    the event loop it was submitted with), and a way to stop it."""
 
-    def events(self) -> Any: ...  # Iterator[GenEvent]
+    def events(self) -> Iterator[GenEvent]: ...
+
+    def aevents(self) -> AsyncIterator[GenEvent]: ...
 
     def cancel(self) -> None: ...
 
@@ -87,5 +95,44 @@ class Generator(Protocol):
 
     def resolve_model(self, name: str | None) -> ModelRef: ...
 
+    def special_tokens(self) -> list[str]:
+        """The serving tokenizer's control tokens: text that must never reach a prompt from a
+        retrieved document (the injection guard removes them)."""
+        ...
+
+    def check_fits(self, prompt_tokens: int, max_tokens: int) -> None:
+        """Raise (before any model work) when the prompt plus max_tokens cannot fit."""
+        ...
+
+    def check_room(self) -> None:
+        """Raise an OverloadedError (before any model work) when no request can be queued."""
+        ...
+
     def submit(self, prompt_ids: list[int], params: GenParams, adapter: str | None = None,
-               adapter_dir: Any = None) -> GenHandle: ...
+               adapter_dir: Any = None, loop: asyncio.AbstractEventLoop | None = None,
+               timeout: float | None = None) -> GenHandle: ...
+
+
+@dataclass
+class Choice:
+    """What a `Chooser` decided for a request whose model is `auto`: the adapter to run (None:
+    the base), whether and where to retrieve, the plan's system prompt lines, and why."""
+
+    adapter: str | None
+    retrieve: bool
+    collection: str | None = None
+    mode: str = "dense"
+    system_prompt: list[str] = field(default_factory=list)
+    why: list[str] = field(default_factory=list)
+    query: dict[str, Any] = field(default_factory=dict)  # the query router's decision
+
+    def summary(self) -> dict[str, Any]:
+        """What an answer reports under `used.auto`."""
+        return {"adapter": self.adapter, "retrieve": self.retrieve, "collection": self.collection,
+                "why": self.why, "query": self.query}
+
+
+class Chooser(Protocol):
+    """Decides, for one question, what `model: "auto"` runs (the applied plan's chooser)."""
+
+    def choose(self, question: str) -> Choice: ...

@@ -29,6 +29,7 @@ from ragtune.serve.deps import ServerState, principal, state
 from ragtune.serve.jobs import Jobs
 from ragtune.serve.metrics import Metrics
 from ragtune.serve.schemas import ERRORS
+from ragtune.train.auto import PlanChooser
 
 GRACE_SECONDS = 30  # how long in-flight requests may take to finish after a stop signal
 ALWAYS_OPEN = ("/healthz",)  # answered while draining: the process is still up
@@ -133,8 +134,10 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
     app = FastAPI(title="ragtune", version=_version(), lifespan=lifespan, responses=ERRORS,
                   description="Facts go in the index, behaviour goes in the adapter: an "
                   "OpenAI-compatible assistant with retrieval and LoRA adapters.")
-    app.state.ragtune = ServerState(settings, engine, Assistant(engine, settings), keys,
-                                    Jobs(settings.jobs_dir), metrics, open_allowed)
+    st = ServerState(settings, engine, None, keys, Jobs(settings.jobs_dir), metrics, open_allowed)
+    st.assistant = Assistant(engine, settings, retrievers=st.collection,
+                             chooser=PlanChooser(settings, st.query_router, st.embed))
+    app.state.ragtune = st
     app.include_router(chat.router)
     app.include_router(models.router)
     app.include_router(embeddings.router)

@@ -17,7 +17,7 @@ from ragtune.serve.auth import ACCESS, Keys, Principal
 class ServerState:
     settings: Settings
     engine: Any
-    assistant: Assistant
+    assistant: Assistant | None  # built on this state: it opens collections through it
     keys: Keys
     jobs: Any
     metrics: Any
@@ -61,6 +61,9 @@ class ServerState:
 
                 self._embedder = Embedder.from_settings(self.settings)
             return self._embedder
+
+    def embed(self, texts: list[str]) -> Any:
+        return self.embedder().encode(texts)
 
     def router(self) -> Any:
         from ragtune.platform.router import Router

@@ -1,18 +1,37 @@
 """`model: "auto"`: serve with the applied plan. Picks the plan's adapter for the request's task
-and retrieves only when the question needs facts (the query router), and says why."""
+and retrieves only when the question needs facts (the query router), and says why.
+
+`PlanChooser` is the `Chooser` (platform/types.py) every edge hands the assistant: the HTTP chat,
+`ragtune ask --adapter auto` and `ragtune eval --adapter auto` decide the same way."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ragtune.platform.plan import applied_plan
 from ragtune.platform.router import QueryRouter
+from ragtune.platform.settings import Settings
+from ragtune.platform.types import Choice
 from ragtune.train.apply_plan import served_adapter
 
 
-def choose(settings: Any, question: str, qrouter: QueryRouter, embed: Any) -> dict[str, Any]:
+class PlanChooser:
+    """The applied plan's `Chooser`. `qrouter` is called on first use (it embeds its labelled
+    prototypes once); `embed` embeds texts (the adapters' requirements vs the question)."""
+
+    def __init__(self, settings: Settings, qrouter: Callable[[], QueryRouter], embed: Any):
+        self.settings = settings
+        self.qrouter = qrouter
+        self.embed = embed
+
+    def choose(self, question: str) -> Choice:
+        return choose(self.settings, question, self.qrouter(), self.embed)
+
+
+def choose(settings: Any, question: str, qrouter: QueryRouter, embed: Any) -> Choice:
     plan = applied_plan(settings.home)
     built = plan.get("applied", {})
     why: list[str] = []
@@ -53,7 +72,6 @@ def choose(settings: Any, question: str, qrouter: QueryRouter, embed: Any) -> di
                    f"{decision['nearest'][0]['text']!r})")
     mode = next((c.get("search_mode", "dense") for c in plan["collections"]
                  if c["name"] in collections[:1]), "dense")
-    return {"adapter": adapter, "retrieve": retrieve,
-            "collection": collections[0] if retrieve else None, "mode": mode,
-            "system_prompt": plan.get("system_prompt") or [], "why": why,
-            "query": decision}
+    return Choice(adapter=adapter, retrieve=retrieve,
+                  collection=collections[0] if retrieve else None, mode=mode,
+                  system_prompt=list(plan.get("system_prompt") or []), why=why, query=decision)

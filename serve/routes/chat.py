@@ -13,9 +13,10 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ragtune.generate.grammar import check_json_schema
-from ragtune.platform.assistant import JSON_FORMATS, Answer, Prepared
+from ragtune.platform.assistant import JSON_FORMATS, Answer, RagSpec, Turn, TurnRequest
 from ragtune.platform.errors import GenerationTimeout, RagtuneError
-from ragtune.platform.types import GenEvent, GenParams
+from ragtune.platform.json_answer import json_valid
+from ragtune.platform.types import GenParams
 from ragtune.serve.auth import Principal
 from ragtune.serve.deps import principal, state
 from ragtune.serve.schemas import GENERATION_ERRORS, ChatRequest
@@ -38,41 +39,12 @@ def _params(body: ChatRequest, settings: Any) -> GenParams:
         response_format=fmt, json_schema=schema)
 
 
-def _json_valid(text: str, params: GenParams) -> bool:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return False
-    if params.json_schema is None:
-        return isinstance(value, dict)
-    import jsonschema
-    from referencing.exceptions import Unresolvable
-
-    try:
-        jsonschema.validate(value, params.json_schema)
-    except (jsonschema.ValidationError, jsonschema.SchemaError, Unresolvable):
-        return False
-    return True
-
-
-def _admit(engine: Any, messages: list[dict[str, str]], params: GenParams) -> None:
-    """Refuse, before any model work (retrieval, routing, prefill), a request that cannot run:
-    the conversation's own tokens plus max_tokens over the context window (400), a full queue
-    (429). The system prompt, template and retrieved sources only add to the prompt, so what
-    fails here would fail in `submit` too, after the cost."""
-    if hasattr(engine, "check_fits"):  # the in-process engine; another backend checks in submit
-        engine.check_fits(sum(engine.count_tokens(m["content"]) for m in messages),
-                          params.max_tokens)
-    if hasattr(engine, "check_room"):
-        engine.check_room()
-
-
-async def _until_disconnect(request: Request, handle: Any) -> None:
-    """Cancel `handle` when the client goes away: a non-streamed answer nobody will read must
+async def _until_disconnect(request: Request, turn: Turn) -> None:
+    """Cancel `turn` when the client goes away: a non-streamed answer nobody will read must
     not keep a batch slot until max_tokens."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-    handle.cancel()
+    turn.cancel()
 
 
 @router.post("/chat/completions", responses={**GENERATION_ERRORS, 200: {
@@ -82,43 +54,27 @@ async def _until_disconnect(request: Request, handle: Any) -> None:
 async def chat_completions(body: ChatRequest, request: Request,
                            who: Principal = Depends(principal)) -> Any:
     """OpenAI chat completions; `rag: {collection, k, mode, where}` adds retrieval and
-    citations; `model` is the base, `base:adapter` or an adapter name."""
+    citations; `model` is the base, `base:adapter`, an adapter name or `auto` (the applied
+    plan). The turn itself is the assistant's (platform/assistant.py); this edge speaks HTTP."""
     st = state(request)
     params = _params(body, st.settings)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                 for m in body.messages]
-    await run_in_threadpool(_admit, st.engine, messages, params)  # a long prompt: not on the loop
-    rag, model, auto = body.rag, body.model, None
-    if model == "auto":  # the applied plan decides: adapter, and whether to retrieve
-        from ragtune.platform.assistant import last_user_text
-        from ragtune.serve.schemas import RagSpec
-        from ragtune.train.auto import choose
+    rag = None
+    if body.rag is not None:
+        rag = RagSpec(body.rag.collection, body.rag.k, body.rag.mode, body.rag.where)
 
-        auto = await run_in_threadpool(choose, st.settings, last_user_text(messages),
-                                       st.query_router(), st.embedder().encode)
-        model = auto["adapter"] or "base"
-        if rag is None and auto["retrieve"]:
-            rag = RagSpec(collection=auto["collection"], mode=auto["mode"])
-    ref = st.engine.resolve_model(model)
-    who.need_adapter(ref.label if ref.adapter else None)
-    system = ref.system
-    if auto and auto["system_prompt"]:
-        system = "\n".join(([system] if system else []) + auto["system_prompt"])
-    retriever, collection = None, None
-    if rag is not None:
-        collection = rag.collection
-        who.need_collection(collection)
-        retriever = st.collection(collection)
-    prep: Prepared = await run_in_threadpool(
-        st.assistant.prepare, messages, retriever, rag.k if rag else 5,
-        rag.mode if rag else "dense", rag.where if rag else None, collection,
-        params.response_format, system, ref.adapter)
-    used = st.assistant.used(ref, params)
-    if auto is not None:
-        used["auto"] = {k: auto[k] for k in ("adapter", "retrieve", "collection", "why", "query")}
-    flt = st.assistant.citation_filter(prep, params.response_format)
+    def authorize(adapter: str | None, collection: str | None) -> None:
+        who.need_adapter(adapter)
+        if collection is not None:
+            who.need_collection(collection)
+
+    # a long prompt, the chooser's embedding, retrieval: not on the loop
+    turn: Turn = await run_in_threadpool(
+        st.assistant.turn, TurnRequest(messages, params, body.model, rag), authorize)
+    ref = turn.ref
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    labels = {"adapter": ref.label if ref.adapter else "", "collection": collection or ""}
+    labels = {"adapter": ref.label if ref.adapter else "", "collection": turn.collection or ""}
 
     def record(answer: Answer) -> None:
         m = st.metrics
@@ -130,18 +86,16 @@ async def chat_completions(body: ChatRequest, request: Request,
         if answer.invalid_citations:
             m.citations.labels(**labels, kind="invalid").inc(answer.invalid_citations)
         if params.response_format in JSON_FORMATS:
-            m.json.labels(**labels, valid=str(_json_valid(answer.text, params)).lower()).inc()
-        if prep.refusal:
+            valid = json_valid(answer.text, params.json_schema)
+            m.json.labels(**labels, valid=str(valid).lower()).inc()
+        if turn.refusal:
             m.refusals.labels(collection=labels["collection"]).inc()
 
     def extra(answer: Answer) -> dict[str, Any]:
         return {"citations": answer.citations,
                 "ragtune": {**answer.used, "invalid_citations": answer.invalid_citations}}
 
-    handle = None
-    if not prep.refusal:
-        handle = st.engine.submit(st.engine.prompt_ids(prep.messages), params, ref.adapter,
-                                  ref.folder, loop=asyncio.get_running_loop())
+    turn.start(loop=asyncio.get_running_loop())
     started = time.monotonic()
 
     if body.stream:
@@ -155,34 +109,24 @@ async def chat_completions(body: ChatRequest, request: Request,
             return f"data: {json.dumps(obj)}\n\n"
 
         async def events():
-            text, last, first = "", GenEvent(finish_reason="stop"), True
+            first, answer = True, None
             try:
                 yield chunk({"role": "assistant", "content": ""})
-                if handle is None:
-                    text = prep.refusal
-                    yield chunk({"content": text})
-                else:
-                    async for ev in handle.aevents():
-                        piece = flt.feed(ev.text)
-                        if piece:
-                            if first:
-                                st.metrics.ttft.labels(adapter=labels["adapter"]).observe(
-                                    time.monotonic() - started)
-                                first = False
-                            text += piece
-                            yield chunk({"content": piece})
-                        last = ev
-                    tail = flt.flush()
-                    if tail:
-                        text += tail
-                        yield chunk({"content": tail})
-                if last.finish_reason in ("timeout", "error"):
-                    err = {"message": f"generation {last.finish_reason}", "type":
-                           "timeout_error" if last.finish_reason == "timeout" else "server_error"}
+                async for ev in turn.aevents():
+                    if ev.answer is not None:
+                        answer = ev.answer
+                    elif ev.text:
+                        if first and not turn.refusal:
+                            st.metrics.ttft.labels(adapter=labels["adapter"]).observe(
+                                time.monotonic() - started)
+                        first = False
+                        yield chunk({"content": ev.text})
+                if answer.finish_reason in ("timeout", "error"):
+                    err = {"message": f"generation {answer.finish_reason}", "type":
+                           "timeout_error" if answer.finish_reason == "timeout" else "server_error"}
                     yield f"data: {json.dumps({'error': err})}\n\n"
                     yield "data: [DONE]\n\n"
                     return
-                answer = st.assistant.finish(prep, text, flt, last, used)
                 record(answer)
                 yield chunk({}, answer.finish_reason, **extra(answer))
                 if include_usage:
@@ -193,38 +137,31 @@ async def chat_completions(body: ChatRequest, request: Request,
                 yield f"data: {json.dumps({'error': err})}\n\n"
                 yield "data: [DONE]\n\n"
             finally:
-                if handle is not None:
-                    handle.cancel()  # a client that went away stops its generation
+                turn.cancel()  # a client that went away stops its generation
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    text, last = "", GenEvent(finish_reason="stop")
-    if handle is None:
-        text = prep.refusal
-    else:
-        async def collect() -> tuple[str, GenEvent]:
-            out, end = "", GenEvent()
-            async for ev in handle.aevents():
-                out += flt.feed(ev.text)
-                end = ev
-            return out + flt.flush(), end
+    async def collect() -> Answer:
+        async for ev in turn.aevents():
+            if ev.answer is not None:
+                return ev.answer
+        raise AssertionError("a turn always ends with its answer")
 
-        watcher = asyncio.create_task(_until_disconnect(request, handle))
-        try:
-            text, last = await asyncio.wait_for(collect(), st.settings.request_timeout + 5)
-        except TimeoutError:
-            raise GenerationTimeout("the generation took longer than RAGTUNE_REQUEST_TIMEOUT") from None
-        finally:
-            watcher.cancel()
-            handle.cancel()
-        if last.finish_reason == "timeout":
-            raise GenerationTimeout(
-                f"the generation took longer than {st.settings.request_timeout:.0f}s "
-                "(RAGTUNE_REQUEST_TIMEOUT): lower max_tokens or retry when the server is less busy")
-        if last.finish_reason == "error":
-            raise RuntimeError("generation failed; the server log says why")
-    answer = st.assistant.finish(prep, text.strip(), flt, last, used)
+    watcher = asyncio.create_task(_until_disconnect(request, turn))
+    try:
+        answer = await asyncio.wait_for(collect(), st.settings.request_timeout + 5)
+    except TimeoutError:
+        raise GenerationTimeout("the generation took longer than RAGTUNE_REQUEST_TIMEOUT") from None
+    finally:
+        watcher.cancel()
+        turn.cancel()
+    if answer.finish_reason == "timeout":
+        raise GenerationTimeout(
+            f"the generation took longer than {st.settings.request_timeout:.0f}s "
+            "(RAGTUNE_REQUEST_TIMEOUT): lower max_tokens or retry when the server is less busy")
+    if answer.finish_reason == "error":
+        raise RuntimeError("generation failed; the server log says why")
     record(answer)
     return {"id": cid, "object": "chat.completion", "created": created, "model": ref.label,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},

@@ -59,7 +59,16 @@ class FakeGenerator:
         return ModelRef(None, None, "base") if not name else ModelRef("k", "/x", f"{name}@v1",
                                                                       "Answer in JSON.")
 
-    def submit(self, ids, params, adapter=None, adapter_dir=None):
+    def special_tokens(self):
+        return ["<|im_start|>", "<|im_end|>"]
+
+    def check_fits(self, prompt_tokens, max_tokens):
+        pass
+
+    def check_room(self):
+        pass
+
+    def submit(self, ids, params, adapter=None, adapter_dir=None, loop=None, timeout=None):
         self.submitted.append((ids, params, adapter))
         return Handle(self.answer)
 

@@ -200,6 +200,15 @@ class ScriptedEngine:
     def resolve_model(self, name):
         return ModelRef(None, None, "scripted")
 
+    def special_tokens(self):
+        return []
+
+    def check_fits(self, prompt_tokens, max_tokens):
+        pass
+
+    def check_room(self):
+        pass
+
     def submit(self, ids, params, adapter=None, adapter_dir=None, loop=None, timeout=None):
         a = self.answer
         return Handle([a[i:i + self.step] for i in range(0, len(a), self.step)])
