@@ -112,6 +112,7 @@ def bench_search(settings_factory, n: int, queries: int, dim: int = 384) -> dict
     from ragtune import Collection
     from ragtune.ingest.loaders import Document
     from ragtune.ingest.splitter import Chunk
+    from ragtune.ingest.vectors.faiss import FaissStore
 
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((n, dim)).astype(np.float32)
@@ -131,7 +132,7 @@ def bench_search(settings_factory, n: int, queries: int, dim: int = 384) -> dict
         if kind != "flat":
             col.optimize(kind)
         db = col.store.connect()
-        raw = faiss.read_index(str(col.store.index_file(db)))
+        raw = faiss.read_index(str(FaissStore(col.store.folder).index_file(db)))
         db.close()
         raw_t, rt_t = [], []
         col.embedder.next = qs[0]

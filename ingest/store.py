@@ -41,7 +41,6 @@ from filelock import FileLock, Timeout
 from ragtune.ingest.schema import MIGRATIONS, SCHEMA_VERSION, sqlite_guard
 from ragtune.ingest.vectors.base import VectorSettings, VectorStore, read_meta
 from ragtune.ingest.vectors.factory import open_vector_store
-from ragtune.ingest.vectors.faiss import FaissStore
 from ragtune.ingest.writer import Writer
 from ragtune.platform.errors import DiskFullError, LockedError, RagtuneError
 from ragtune.platform.files import write_json
@@ -149,11 +148,6 @@ class Store:
         finally:
             if own:
                 db.close()
-
-    def index_file(self, db: sqlite3.Connection) -> Path | None:
-        """FAISS only, kept while tests/reliability/test_corruption.py and bench/ingest.py call it:
-        they should call `FaissStore(folder).index_file(db)`; remove this then."""
-        return FaissStore(self.folder).index_file(db)
 
     def recorded_vector_store(self, db: sqlite3.Connection) -> dict[str, Any] | None:
         """What chunks.db says holds the vectors; None for a collection never committed (it

@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 from ragtune.ingest.collection import Collection
+from ragtune.ingest.vectors.faiss import FaissStore
 from ragtune.platform.errors import DamagedError
 
 QUERY = "Which depot ships part 26?"
@@ -33,7 +34,7 @@ def col(tiny_settings, tmp_path):
 def _index_file(c: Collection):
     db = c.store.connect()
     try:
-        return c.store.index_file(db), c.store.folder / c.store.get_meta(db, "previous_index_file")
+        return FaissStore(c.store.folder).index_file(db), c.store.folder / c.store.get_meta(db, "previous_index_file")
     finally:
         db.close()
 
