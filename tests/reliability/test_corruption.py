@@ -34,7 +34,8 @@ def col(tiny_settings, tmp_path):
 def _index_file(c: Collection):
     db = c.store.connect()
     try:
-        return FaissStore(c.store.folder).index_file(db), c.store.folder / c.store.get_meta(db, "previous_index_file")
+        previous = c.store.folder / c.store.get_meta(db, "previous_index_file")
+        return FaissStore(c.store.folder).index_file(db), previous
     finally:
         db.close()
 
