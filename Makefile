@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install browser test demo bench soak lint clean
+.PHONY: install browser test quick demo bench soak lint clean
 
 install: $(STAMP)
 
@@ -31,8 +31,15 @@ browser:
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install \
 	  -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; }
 
+# Everything CI runs: unit, contract, integration (real models), reliability and end-to-end
+# tests, the browser test included.
 test: install browser
 	$(PY) -m pytest -q
+
+# The edit loop: unit + contract tests only (no real models, no reliability or end-to-end runs).
+QUICK := not integration and not reliability and not e2e and not slow
+quick: install
+	$(PY) -m pytest -q -m "$(QUICK)"
 
 # The whole mission end to end on the embedded defaults (samples/demo.py says what it does):
 # models -> route -> ingest -> train -> serve + openai client -> a price change -> evaluation.

@@ -11,6 +11,22 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
+TESTS = REPO / "tests"
+FOLDER_MARKERS = {"integration": "integration", "reliability": "reliability", "e2e": "e2e"}
+REAL_MODELS = {"real_generator", "imported_generator"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Markers by place: tests/integration/, tests/reliability/, tests/e2e/ carry their folder's
+    marker, and any test that loads the real embedded generator is `integration`, so
+    `make quick` (-m "not integration and not reliability and not e2e and not slow") is the unit
+    and contract tests."""
+    for item in items:
+        folder = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
+        if folder in FOLDER_MARKERS:
+            item.add_marker(FOLDER_MARKERS[folder])
+        if REAL_MODELS & set(getattr(item, "fixturenames", ())):
+            item.add_marker("integration")
 
 
 @pytest.fixture(autouse=True)

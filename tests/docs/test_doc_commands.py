@@ -237,6 +237,9 @@ def test_inline_references_exist(page):
                 _resolve_name(span)
             except (ImportError, AttributeError) as e:
                 problems.append(f"`{span}`: {e!r}")
+        elif m := re.fullmatch(r"make ([\w-]+)", span):
+            if m.group(1) not in _make_targets():
+                problems.append(f"`{span}`: Makefile has no target {m.group(1)}")
         elif re.fullmatch(r"RAGTUNE_[A-Z0-9_]+", span):
             try:
                 _check_variable(span)

@@ -21,6 +21,7 @@ from ragtune.serve.app import create_app, with_limits
 from ragtune.serve.auth import Keys
 from tests.serve_helpers import Server, make_adapter
 
+pytestmark = pytest.mark.e2e  # a real headless Chromium drives the page
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
