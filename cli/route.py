@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ragtune.cli.app import JsonOpt, _out, _settings, app, plan_app
+from ragtune.cli.train import training_options
+from ragtune.train.args import PLAN_DECIDES
 
 
 def _embed_fn(settings):  # noqa: ANN001, ANN202
@@ -44,26 +46,22 @@ def route(
 
 
 @plan_app.command("apply")
+@training_options(keep=lambda f: f.name not in PLAN_DECIDES)
 def plan_apply(
     plan: Annotated[Path, typer.Argument(help="a plan written by `ragtune route`")],
     docs: Annotated[list[Path] | None, typer.Option(help="documents for the plan's collections "
                                                     "(default: the sources it names)")] = None,
     examples: Annotated[Path | None, typer.Option(help="JSONL examples for its adapters")] = None,
-    epochs: Annotated[int, typer.Option(help="training passes")] = 3,
-    max_steps: Annotated[int | None, typer.Option(help="stop training after this many steps")
-                         ] = None,
-    lr: Annotated[float, typer.Option(help="peak learning rate")] = 2e-4,
-    eval_prompts: Annotated[int, typer.Option(help="held-out prompts for the card")] = 24,
     as_json: JsonOpt = False,
+    **training: Any,
 ) -> None:
     """Ingest the plan's collections and train its adapters; record the applied plan (what
-    `model: "auto"` serves with)."""
+    `model: "auto"` serves with). The training options are `ragtune train`'s."""
     from ragtune.train.apply_plan import apply
-    from ragtune.train.lora import TrainConfig
 
-    cfg = TrainConfig(epochs=epochs, max_steps=max_steps, lr=lr)
-    applied = apply(_settings(), plan, docs, examples, cfg, log=lambda m: typer.echo(m, err=True),
-                    eval_prompts=eval_prompts)
+    options = {k: v for k, v in training.items() if v is not None}
+    applied = apply(_settings(), plan, docs, examples, options,
+                    log=lambda m: typer.echo(m, err=True))
     built = applied["applied"]
     if as_json:
         return _out(built)

@@ -1,109 +1,101 @@
-"""`ragtune train` and `ragtune adapters ...`: the behaviour lever's commands."""
+"""`ragtune train` and `ragtune adapters ...`: the behaviour lever's commands. The train options
+are generated from the training dataclasses (train/args.py), where each is declared once."""
 
 from __future__ import annotations
 
+import inspect
 import json
-import sys
+from collections.abc import Callable
+from dataclasses import MISSING, Field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ragtune.cli.app import JsonOpt, _out, _settings, adapters_app, app
 from ragtune.platform.errors import RagtuneError
+from ragtune.train.args import flag, hints, option_fields
+
+
+def option_parameters(keep: Callable[[Field], bool] = lambda f: True) -> list[inspect.Parameter]:
+    """The training options (train/args.py) as Typer parameters: each field's flag, type, default
+    and help, declared there once. DATA is the argument; a required field defaults to None here
+    (a --config file may give it) and is checked when the options are read."""
+    params = []
+    for group, f in option_fields():
+        if not keep(f):
+            continue
+        hint, helptext = hints(group)[f.name], f.metadata["help"]
+        default = None if f.default is MISSING else f.default
+        if f.name == "data":
+            info = typer.Argument(None, help=helptext, show_default=False)
+        else:
+            decl = flag(f) if hint is not bool else f"{flag(f)}/--no-{flag(f)[2:]}"
+            info = typer.Option(default, decl, help=helptext)
+        if f.name == "target_modules":
+            hint = str  # comma-separated names on the command line
+        elif f.default is MISSING:
+            hint = hint | None
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info,
+                                        annotation=hint))
+    return params
+
+
+def training_options(keep: Callable[[Field], bool] = lambda f: True) -> Callable:
+    """Give a command the training options as keyword parameters (`**training`), after its own
+    arguments and before its own options."""
+    def wrap(fn: Callable) -> Callable:
+        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values()
+               if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        first = [p for p in own if p.default is inspect.Parameter.empty]
+        last = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p not in first]
+        fn.__signature__ = inspect.Signature([*first, *option_parameters(keep), *last])
+        return fn
+    return wrap
+
+
+def given(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """The options the command line itself set (not their defaults)."""
+    sources = {k: getattr(ctx.get_parameter_source(k), "name", "DEFAULT") for k in values}
+    return {k: v for k, v in values.items() if sources[k] not in ("DEFAULT", "DEFAULT_MAP")}
 
 
 @app.command("train")
+@training_options()
 def train_cmd(
-    data: Annotated[Path, typer.Argument(help="JSONL: chat messages, prompt/completion or Alpaca")],
-    name: Annotated[str, typer.Option(help="adapter name in the registry")],
-    base: Annotated[str | None, typer.Option(help="base model name or path (default: "
-                                                  "RAGTUNE_GENERATOR)")] = None,
-    epochs: Annotated[int, typer.Option(help="passes over the data")] = 3,
-    batch_size: Annotated[int, typer.Option(help="examples per micro-batch")] = 8,
-    grad_accum: Annotated[int, typer.Option(help="micro-batches per optimizer step")] = 1,
-    lr: Annotated[float, typer.Option(help="peak learning rate (cosine, warm-up)")] = 2e-4,
-    rank: Annotated[int, typer.Option(help="LoRA rank")] = 16,
-    alpha: Annotated[int, typer.Option(help="LoRA alpha")] = 32,
-    dropout: Annotated[float, typer.Option(help="LoRA dropout")] = 0.05,
-    target_modules: Annotated[str, typer.Option(help="'all-linear' or comma-separated names")
-                              ] = "all-linear",
-    dora: Annotated[bool, typer.Option(help="DoRA (weight-decomposed LoRA)")] = False,
-    rslora: Annotated[bool, typer.Option(help="rank-stabilised LoRA scaling")] = False,
-    max_seq_len: Annotated[int, typer.Option(help="longer examples are skipped")] = 512,
-    val_fraction: Annotated[float, typer.Option(help="held-out share")] = 0.1,
-    patience: Annotated[int, typer.Option(help="validations without improvement before "
-                                               "early stopping")] = 2,
-    eval_every: Annotated[int, typer.Option(help="steps between validations (0: per epoch)")] = 0,
-    save_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 25,
-    max_steps: Annotated[int | None, typer.Option(help="stop after this many steps")] = None,
-    seed: Annotated[int, typer.Option(help="seed for split, order and init")] = 0,
-    gradient_checkpointing: Annotated[bool, typer.Option(help="trade speed for memory")] = False,
-    device: Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda if present)")
-                      ] = None,
-    strict: Annotated[bool, typer.Option(help="fail on any bad example instead of skipping")
-                      ] = False,
-    json_schema: Annotated[Path | None, typer.Option(help="JSON schema the answers must "
-                                                          "satisfy (scored on the card)")] = None,
-    eval_prompts: Annotated[int, typer.Option(help="held-out prompts generated for the card")
-                            ] = 24,
-    max_new_tokens: Annotated[int, typer.Option(help="token budget per card generation")] = 128,
-    with_context: Annotated[str | None, typer.Option(help="collection: train on prompts that "
-                                                          "carry retrieved chunks (RAFT-style)")
-                            ] = None,
-    context_k: Annotated[int, typer.Option(help="chunks per prompt with --with-context")] = 4,
-    no_oracle_share: Annotated[float, typer.Option(help="share taught 'not in the documents'")
-                               ] = 0.2,
-    facts_collection: Annotated[str | None, typer.Option(help="report answers' facts that "
-                                                              "live in this collection")] = None,
-    strip_facts: Annotated[bool, typer.Option(help="mask those facts out of the loss")] = False,
-    resume: Annotated[bool, typer.Option(help="continue the killed run for this name and data")
-                      ] = False,
-    launcher: Annotated[str | None, typer.Option(help="accelerate or torchrun: data-parallel "
-                                                      "(DDP) across --num-processes processes")
-                        ] = None,
-    num_processes: Annotated[int, typer.Option(help="processes (one per GPU) with --launcher; "
-                                                    "--batch-size is per process")] = 1,
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(
+        help="a JSON object of these options by field name (e.g. {\"data\": \"d.jsonl\", "
+             "\"name\": \"voice\", \"epochs\": 2}); options given as flags override it")] = None,
     as_json: JsonOpt = False,
+    **training: Any,
 ) -> None:
     """Train a LoRA style adapter: data checks, held-out early stopping, an evaluation card
     (base vs adapter), and a new registry version."""
-    if launcher:
-        import subprocess
-
-        from ragtune.train.distributed import launch_command, shown, strip_launch_options
-
-        argv = sys.argv[1:]
-        args = strip_launch_options(argv[argv.index("train") + 1:] if "train" in argv else argv)
-        cmd = launch_command(launcher, num_processes, args)
-        typer.echo(f"running: {shown(cmd)}", err=True)
-        raise typer.Exit(subprocess.run(cmd).returncode)
     from ragtune.train import evaluate
-    from ragtune.train.lora import TrainConfig
-    from ragtune.train.recipe import TrainJob, run
+    from ragtune.train.args import TrainArgs
+    from ragtune.train.recipe import run
 
-    modules = target_modules if target_modules == "all-linear" else [
-        m.strip() for m in target_modules.split(",") if m.strip()]
-    cfg = TrainConfig(rank=rank, alpha=alpha, dropout=dropout, target_modules=modules,
-                      use_dora=dora, use_rslora=rslora, epochs=epochs, batch_size=batch_size,
-                      grad_accum=grad_accum, lr=lr, max_seq_len=max_seq_len, seed=seed,
-                      eval_every=eval_every, patience=patience, save_every=save_every,
-                      max_steps=max_steps, gradient_checkpointing=gradient_checkpointing,
-                      device=device)
-    job = TrainJob(data=data, name=name, base=base, strict=strict, json_schema=json_schema,
-                   resume=resume, val_fraction=val_fraction, eval_prompts=eval_prompts,
-                   max_new_tokens=max_new_tokens, with_context=with_context,
-                   context_k=context_k, no_oracle_share=no_oracle_share,
-                   facts_collection=facts_collection, strip_facts=strip_facts)
-    if strip_facts and not facts_collection:
-        raise RagtuneError("--strip-facts needs --facts-collection COLLECTION to know the facts")
+    if config is not None:  # the file's options, under those this command line sets
+        options = {**TrainArgs.read(config).options(), **given(ctx, training)}
+    else:
+        options = {k: v for k, v in training.items() if v is not None}
+    if options.get("data") is None:
+        raise RagtuneError("no training data: ragtune train DATA.jsonl --name NAME (or --config "
+                           "FILE naming its data)")
+    args = TrainArgs.from_options(options)
+    settings = _settings()
+    if args.launch.launcher:  # every process runs this command with the options in a file
+        from ragtune.train.distributed import launch
+
+        raise typer.Exit(launch(args, settings.jobs_dir, lambda m: typer.echo(m, err=True)))
     log = (lambda *a: typer.echo(*a, err=True)) if as_json else typer.echo
-    card = run(_settings(), job, cfg, log=log)
+    card = run(settings, args.job, args.config, log=log)
     if not card:  # a rank other than 0 of a launched run: rank 0 reports
         return
     if as_json:
         return _out({k: v for k, v in card.items() if k != "train_losses"})
-    typer.echo(f"\nadapter {name} {card['version']}: {card['path']}\n")
+    typer.echo(f"\nadapter {args.job.name} {card['version']}: {card['path']}\n")
     typer.echo(evaluate.card_table(card))
 
 

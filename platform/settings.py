@@ -163,6 +163,11 @@ class Settings(BaseSettings):
     def keys_file(self) -> Path:
         return self.home / "keys.json"
 
+    @property
+    def applied_plan_file(self) -> Path:
+        """The plan `ragtune plan apply` built last: what `model: "auto"` serves with."""
+        return self.home / "plan.json"
+
 
 def get_settings(**overrides: object) -> Settings:
     """Fresh settings (environment read now), with explicit overrides on top."""

@@ -17,15 +17,20 @@ one process and many share `lora.train`:
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 import shutil
+import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ragtune.platform.errors import RagtuneError
+from ragtune.train.args import ENTRY, LaunchArgs, TrainArgs
 
 
 @dataclass(frozen=True)
@@ -135,9 +140,6 @@ def wrap(model: Any, loss_fn: Any, device: str) -> torch.nn.Module:
 
 # -- the launcher ----------------------------------------------------------------------------
 
-LAUNCHERS = ("accelerate", "torchrun")
-
-
 def _tool(name: str) -> str:
     """The launcher next to this Python (its venv), else on PATH."""
     beside = os.path.join(os.path.dirname(sys.executable), name)
@@ -166,12 +168,9 @@ def strip_launch_options(argv: list[str]) -> list[str]:
 def launch_command(launcher: str, processes: int, train_args: list[str],
                    gpu: bool | None = None) -> list[str]:
     """The command that runs `ragtune train <train_args>` in `processes` processes."""
-    if launcher not in LAUNCHERS:
-        raise RagtuneError(f"--launcher must be one of {', '.join(LAUNCHERS)}, not {launcher!r}")
-    if processes < 1:
-        raise RagtuneError("--num-processes must be at least 1")
+    LaunchArgs(launcher, processes)  # refuses an unknown launcher or a count below 1
     gpu = torch.cuda.is_available() if gpu is None else gpu
-    module = ["-m", "ragtune.cli", "train", *train_args]
+    module = [*ENTRY, *train_args]
     if launcher == "torchrun":
         return [_tool("torchrun"), "--nproc-per-node", str(processes), *module]
     if not gpu and processes > 1 and not shutil.which("mpirun"):
@@ -189,3 +188,17 @@ def launch_command(launcher: str, processes: int, train_args: list[str],
 
 def shown(cmd: list[str]) -> str:
     return shlex.join(cmd)
+
+
+def launch(args: TrainArgs, jobs_dir: Path, echo: Callable[[str], Any] = print) -> int:
+    """Run a training job in `args.launch.num_processes` processes: its options go to a config
+    file under `jobs_dir` that every process reads (`ragtune train --config FILE`, the one entry
+    of a training job); returns the launcher's exit code."""
+    ranks = TrainArgs(args.job, args.config)  # without the launch options: ranks do not relaunch
+    path = ranks.write(jobs_dir / f"launch-{args.job.name}-{secrets.token_hex(4)}.json")
+    try:
+        cmd = launch_command(args.launch.launcher, args.launch.num_processes, ["--config", str(path)])
+        echo(f"running: {shown(cmd)}")
+        return subprocess.run(cmd).returncode
+    finally:
+        path.unlink(missing_ok=True)

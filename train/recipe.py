@@ -12,7 +12,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,38 +22,20 @@ from ragtune.platform.prompt import chat_template_hash
 from ragtune.platform.settings import Settings
 from ragtune.train import distributed, registry
 from ragtune.train import evaluate as ev
+from ragtune.train.args import TrainConfig, TrainJob
 from ragtune.train.data import load_examples
-from ragtune.train.lora import TrainConfig, train
+from ragtune.train.lora import train
 
-
-@dataclass
-class TrainJob:
-    data: Path
-    name: str
-    base: str | None = None  # generator name or path (default: settings.generator)
-    strict: bool = False
-    json_schema: Path | None = None
-    resume: bool = False
-    run_id: str | None = None  # a run folder name under jobs/ (resume needs the same one)
-    val_fraction: float = 0.1
-    eval_prompts: int = 24
-    max_new_tokens: int = 128
-    forgetting_margin: float = 0.10
-    with_context: str | None = None  # collection: RAFT-style prompts with retrieved chunks
-    context_k: int = 4
-    no_oracle_share: float = 0.2  # share of examples taught "the documents do not say"
-    facts_collection: str | None = None  # report (and with strip_facts, mask) index facts
-    strip_facts: bool = False
+__all__ = ["TrainJob", "run", "run_dir_for"]  # TrainJob is declared in train/args.py
 
 
 def run_dir_for(settings: Settings, job: TrainJob, data_sha: str) -> Path:
     """Deterministic per (name, data): `--resume` finds the run a killed command left."""
     run_id = job.run_id or f"train-{job.name}-{data_sha[:10]}"
-    return settings.home / "jobs" / run_id
+    return settings.jobs_dir / run_id
 
 
 def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -> dict[str, Any]:
-    registry.check_name(job.name)
     base = job.base or settings.generator
     base_dir = resolve_generator(base, settings)
     schema = None
@@ -198,7 +180,7 @@ def _silent(*args: Any) -> None:
 def _explain_missing_run(settings: Settings, job: TrainJob, run_dir: Path) -> None:
     """--resume without a checkpoint for this name and data: when the adapter has runs for other
     data, the data file changed (the run folder is per name and data sha256), so say that."""
-    others = sorted(p.name for p in (settings.home / "jobs").glob(f"train-{job.name}-*")
+    others = sorted(p.name for p in settings.jobs_dir.glob(f"train-{job.name}-*")
                     if p != run_dir and (p / "checkpoint").exists())
     if others and not job.run_id:
         raise RagtuneError(

@@ -28,7 +28,7 @@ from ragtune.generate.adapters import AdapterPool
 from ragtune.platform.errors import DamagedError, RagtuneError
 from ragtune.platform.settings import Settings, get_settings
 from ragtune.platform.types import GenParams
-from ragtune.train import lora, registry
+from ragtune.train import checkpoint, lora, registry
 from ragtune.train.data import Example
 from ragtune.train.lora import TrainConfig, train
 
@@ -133,7 +133,7 @@ def clean_adapter(tiny_lm_dir, tmp_path_factory) -> Path:
     torch.manual_seed(1)
     model = lora.add_lora(AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir)), TrainConfig(rank=4))
     out = tmp_path_factory.mktemp("clean") / "adapter"
-    lora.save_adapter(model, out)
+    checkpoint.save_adapter(model, out)
     return out
 
 

@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from ragtune.platform.errors import DiskFullError, RagtuneError
 from ragtune.platform.settings import Settings, get_settings
-from ragtune.train import lora, registry
+from ragtune.train import checkpoint, lora, registry
 from ragtune.train.data import Example
 from ragtune.train.lora import TrainConfig, train
 
@@ -142,7 +142,7 @@ def saver(tiny_lm_dir):
             for n, p in model.named_parameters():
                 if "lora_B" in n:
                     p.fill_(step)  # each step's weights are recognisable
-        return lora.save_checkpoint(run_dir, model, opt, sched, {
+        return checkpoint.save_checkpoint(run_dir, model, opt, sched, {
             "state": {"step": step}, "history": [], "train_losses": [], "best_val_loss": 1.0,
             "best_step": 0})
 
@@ -152,9 +152,9 @@ def saver(tiny_lm_dir):
 def assert_loadable(ckpt: Path, model, opt, sched, step: int) -> None:
     """The chosen checkpoint is complete: it verifies, and its weights and state load."""
     assert ckpt.name in ("checkpoint", "checkpoint.old")
-    assert lora.checkpoint_problem(ckpt) is None
-    lora.load_checkpoint_weights(ckpt, model)
-    assert lora.load_checkpoint_state(ckpt, opt, sched)["state"]["step"] == step
+    assert checkpoint.checkpoint_problem(ckpt) is None
+    checkpoint.load_checkpoint_weights(ckpt, model)
+    assert checkpoint.load_checkpoint_state(ckpt, opt, sched)["state"]["step"] == step
     b = next(p for n, p in model.named_parameters() if "lora_B" in n)
     assert torch.all(b == step)
 
@@ -162,7 +162,7 @@ def assert_loadable(ckpt: Path, model, opt, sched, step: int) -> None:
 class Faults:
     """Counts the file operations a save makes, and fails the k-th with ENOSPC."""
 
-    OPS = [(lora, "_write_file"), (lora, "fsync_dir"), (os, "replace"), (shutil, "rmtree"),
+    OPS = [(checkpoint, "_write_file"), (checkpoint, "fsync_dir"), (os, "replace"), (shutil, "rmtree"),
            (Path, "mkdir")]
 
     def __init__(self, monkeypatch, fail_at: int | None = None):
@@ -200,11 +200,11 @@ def test_a_failure_at_each_file_step_of_a_checkpoint_leaves_the_last_complete_on
             Faults(m, fail_at=k)
             with pytest.raises(OSError, match="injected"):
                 save(run, 3)
-        ckpt = lora.find_checkpoint(run)
+        ckpt = checkpoint.find_checkpoint(run)
         assert ckpt is not None, (k, ops[k - 1])
         assert_loadable(ckpt, model, opt, sched, 3 if k > commit else 2)
         save(run, 4)  # the next save works and is the one chosen
-        assert lora.find_checkpoint(run) == run / "checkpoint"
+        assert checkpoint.find_checkpoint(run) == run / "checkpoint"
         assert_loadable(run / "checkpoint", model, opt, sched, 4)
         assert not (run / "checkpoint.tmp").exists()
 
@@ -232,7 +232,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(saver, tmp_pat
         (ckpt / "state.json").unlink()
     # a complete-looking temp folder of a later step is never trusted
     shutil.copytree(ckpt.with_name("checkpoint.old"), run / "checkpoint.tmp")
-    chosen, passed = lora.pick_checkpoint(run)
+    chosen, passed = checkpoint.pick_checkpoint(run)
     assert chosen == run / "checkpoint.old" and passed and passed[0].startswith("checkpoint:")
     assert_loadable(chosen, model, opt, sched, 1)
     save(run, 3)  # a damaged newest is dropped, never moved over the good .old
@@ -262,7 +262,7 @@ KILL_CFG = dict(CFG, epochs=6, save_every=1)  # 30 steps, a checkpoint after eac
 def _life(model, tok, run: str, log: str) -> None:
     """One life of a training run: resume when a checkpoint exists, note each checkpoint once
     complete, and write and rename slowly enough that kills land inside saves and swaps."""
-    real_save, real_write, real_replace = lora.save_checkpoint, lora._write_file, os.replace
+    real_save, real_write, real_replace = checkpoint.save_checkpoint, checkpoint._write_file, os.replace
 
     def noted_save(run_dir, model, opt, sched, state):
         out = real_save(run_dir, model, opt, sched, state)
@@ -278,8 +278,8 @@ def _life(model, tok, run: str, log: str) -> None:
         time.sleep(0.02)
         real_replace(src, dst)
 
-    lora.save_checkpoint, lora._write_file, os.replace = noted_save, slow_write, slow_replace
-    resume = lora.find_checkpoint(Path(run)) is not None
+    checkpoint.save_checkpoint, checkpoint._write_file, os.replace = noted_save, slow_write, slow_replace
+    resume = checkpoint.find_checkpoint(Path(run)) is not None
     train(TrainConfig(**KILL_CFG), model, tok, TRAIN, VAL, Path(run), resume=resume)
     with open(log, "a") as f:
         f.write("done\n")
@@ -388,12 +388,12 @@ def test_sigkill_at_seeded_moments_always_resumes_from_the_last_complete_checkpo
             where["swapping" if not (run / "checkpoint").exists() else  # between the renames
                   "writing" if _identity(tmp) not in (None, stale) else "elsewhere"] += 1
             noted = _noted(log)
-            ckpt = lora.find_checkpoint(run)
+            ckpt = checkpoint.find_checkpoint(run)
             if not noted:
                 assert ckpt is None or checkpoint_step(ckpt) == 1
                 continue
             assert ckpt is not None and ckpt.name in ("checkpoint", "checkpoint.old")
-            assert lora.checkpoint_problem(ckpt) is None
+            assert checkpoint.checkpoint_problem(ckpt) is None
             # the newest complete one: the last noted, or the next if killed between swap and note
             assert checkpoint_step(ckpt) in (int(noted[-1]), int(noted[-1]) + 1), (noted, ckpt)
     finally:
@@ -491,7 +491,7 @@ def test_recipe_resume_with_another_data_file_names_the_data(tiny_lm_dir, tmp_pa
 def adapter_dir(tiny_lm_dir, tmp_path) -> Path:
     torch.manual_seed(1)
     model = lora.add_lora(AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir)), TrainConfig(rank=4))
-    lora.save_adapter(model, tmp_path / "adapter")
+    checkpoint.save_adapter(model, tmp_path / "adapter")
     return tmp_path / "adapter"
 
 

@@ -13,7 +13,8 @@ from ragtune import RagtuneError
 from ragtune.platform.prompt import chat_template_hash
 from ragtune.platform.settings import get_settings
 from ragtune.train import registry
-from ragtune.train.lora import TrainConfig, add_lora, save_adapter
+from ragtune.train.checkpoint import save_adapter
+from ragtune.train.lora import TrainConfig, add_lora
 
 
 @pytest.fixture
