@@ -28,6 +28,7 @@ app.add_typer(keys_app, name="keys")
 
 CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="collection name")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
+NameArg = Annotated[str, typer.Argument(help="collection name")]
 
 
 def _settings():

@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from ragtune.cli.app import CollectionOpt, JsonOpt, _out, _settings, collections_app, index_app
+from ragtune.cli.app import (
+    CollectionOpt,
+    JsonOpt,
+    NameArg,
+    _out,
+    _settings,
+    collections_app,
+    index_app,
+)
 
 
 @collections_app.command("list")
@@ -26,7 +34,7 @@ def collections_list(as_json: JsonOpt = False) -> None:
 
 
 @collections_app.command("show")
-def collections_show(name: str, as_json: JsonOpt = False) -> None:
+def collections_show(name: NameArg, as_json: JsonOpt = False) -> None:
     """Show a collection's manifest and documents."""
     from ragtune.ingest.collection import Collection
 
@@ -42,7 +50,7 @@ def collections_show(name: str, as_json: JsonOpt = False) -> None:
 
 
 @collections_app.command("check")
-def collections_check(name: str, as_json: JsonOpt = False) -> None:
+def collections_check(name: NameArg, as_json: JsonOpt = False) -> None:
     """Check a collection on disk: checksums, ids == chunks, vectors, manifest. Exit 1 if damaged."""
     from ragtune.ingest.collection import Collection
 
@@ -62,7 +70,7 @@ def collections_check(name: str, as_json: JsonOpt = False) -> None:
 
 
 @collections_app.command("repair")
-def collections_repair(name: str, as_json: JsonOpt = False) -> None:
+def collections_repair(name: NameArg, as_json: JsonOpt = False) -> None:
     """Rebuild a collection's vectors from its stored chunk texts (a damaged vectors file)."""
     from ragtune.ingest.collection import Collection
 
@@ -75,7 +83,7 @@ def collections_repair(name: str, as_json: JsonOpt = False) -> None:
 
 @collections_app.command("migrate")
 def collections_migrate(
-    name: str,
+    name: NameArg,
     to: Annotated[str, typer.Option("--to", help="milvus://PATH.db (Milvus Lite), milvus://host:19530 "
                                     "(a server; RAGTUNE_MILVUS_TOKEN), or milvus:// for "
                                     "<collection>/milvus.db")],
@@ -108,7 +116,7 @@ def collections_migrate(
 
 @collections_app.command("drop")
 def collections_drop(
-    name: str,
+    name: NameArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask")] = False,
 ) -> None:
     """Delete a collection and all its files."""

@@ -1,4 +1,4 @@
-"""The one ingest pipeline, whichever engine does the heavy part (`Collection.add`):
+"""The one ingest pipeline, whichever engine does the heavy part (`Collection.add`).
 
     walk the paths -> plan under the write lock (hash each file's bytes, compare with chunks.db:
     unchanged documents are skipped before any loading; prune documents whose files are gone)

@@ -15,8 +15,6 @@ from typing import Any
 from ragtune.platform.errors import NotFoundError, RagtuneError
 from ragtune.platform.router import STYLE_EXAMPLES, Decision
 
-APPLIED = "plan.json"  # under RAGTUNE_HOME
-
 
 def _slug(name: str) -> str:
     s = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._") or "assistant"
@@ -77,9 +75,9 @@ def read_plan(path: Path) -> dict[str, Any]:
     return plan
 
 
-def applied_plan(home: Path) -> dict[str, Any]:
-    path = home / APPLIED
+def applied_plan(path: Path) -> dict[str, Any]:
+    """The applied plan at `path` (`Settings.applied_plan_file`)."""
     if not path.exists():
-        raise NotFoundError(f"no applied plan in {home}: model 'auto' needs one; run `ragtune "
-                            "route requirements.yaml` then `ragtune plan apply PLAN`")
+        raise NotFoundError(f"no applied plan in {path.parent}: model 'auto' needs one; run "
+                            "`ragtune route requirements.yaml` then `ragtune plan apply PLAN`")
     return read_plan(path)

@@ -32,7 +32,7 @@ class PlanChooser:
 
 
 def choose(settings: Any, question: str, qrouter: QueryRouter, embed: Any) -> Choice:
-    plan = applied_plan(settings.home)
+    plan = applied_plan(settings.applied_plan_file)
     built = plan.get("applied", {})
     why: list[str] = []
     # the adapter: the plan's one, or among several the one whose requirements are closest

@@ -34,7 +34,7 @@ def list_models(request: Request, who: Principal = Depends(principal)) -> dict[s
                 data.append({"id": i, "object": "model",
                              "created": int(a["created_at"] or 0), "owned_by": "ragtune",
                              "root": base, "parent": base})
-    if (st.settings.home / "plan.json").exists():  # an applied plan: model "auto" serves it
+    if st.settings.applied_plan_file.exists():  # an applied plan: model "auto" serves it
         data.append({"id": "auto", "object": "model", "created": 0, "owned_by": "ragtune",
                      "root": base, "parent": base})
     return {"object": "list", "data": data}

@@ -181,7 +181,7 @@ def test_plan_apply_builds_the_collection_and_the_adapter(tiny_settings, tiny_lm
     assert built["adapters"] == {"shop-voice": "shop-voice@v1"}
     assert Collection.open("shop-docs", create=False).info()["chunks"] > 0
     assert registry.resolve(tiny_settings, "shop-voice").name == "v1"
-    applied = applied_plan(tiny_settings.home)
+    applied = applied_plan(tiny_settings.applied_plan_file)
     assert applied["system_prompt"] == ["Greet the customer by name."]
     assert applied["applied"]["adapters"]["shop-voice"] == "shop-voice@v1"
 
@@ -222,7 +222,7 @@ def test_demo_requirements_route_plan_apply_end_to_end(home, tiny_lm_dir, tmp_pa
     assert r.exit_code == 0, r.output
     assert "collection acme-requirements-docs: generation 1, 30 document(s)" in r.stdout
     assert "adapter acme-requirements-voice: acme-requirements-voice@v1" in r.stdout
-    applied = applied_plan(get_settings().home)
+    applied = applied_plan(get_settings().applied_plan_file)
     assert applied["system_prompt"] == ["Greet the customer by their first name when we know it.",
                                         "Answer in the language the customer writes in."]
     assert applied["adapters"][0]["with_context"] == "acme-requirements-docs"  # R8 is HYBRID
