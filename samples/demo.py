@@ -163,7 +163,8 @@ def main() -> None:
     # not say": with more, the 135M model refuses questions its context does answer.
     sh("train", str(data), "--name", "support-voice", "--with-context", "acme",
        "--context-k", str(K), "--no-oracle-share", "0.1", "--max-seq-len", "512", "--lr", "4e-4",
-       "--max-steps", "4" if args.quick else "36", "--eval-prompts", "4" if args.quick else "8")
+       "--max-steps", "2" if args.quick else "36", "--eval-prompts", "2" if args.quick else "8",
+       *(["--batch-size", "4"] if args.quick else []))
 
     step(5, "serve: one OpenAI-compatible API, adapter + retrieved context, with citations")
     server = Server(home)

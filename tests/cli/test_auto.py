@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 from ragtune.cli import app
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # route + plan apply + ask + eval through the CLI: `make test` runs it
+
 
 @pytest.fixture(scope="module")
 def applied(tmp_path_factory, tiny_embedder_dir, tiny_lm_dir):

@@ -11,9 +11,12 @@ import sys
 import time
 
 import faiss
+import pytest
 
 from ragtune import Collection
 from ragtune.ingest.vectors.faiss import FaissStore
+
+pytestmark = pytest.mark.slow  # SIGKILLs a real ingest process: `make test` runs it, `make quick` not
 
 
 def _generation(db_path) -> int:

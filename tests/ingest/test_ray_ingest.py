@@ -11,6 +11,8 @@ import ray  # the dev extra installs it: a missing Ray fails here, it is not ski
 
 from ragtune.ingest.collection import Collection
 
+pytestmark = pytest.mark.slow  # a local Ray cluster per test: `make test` runs it, `make quick` not
+
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_local():
