@@ -34,7 +34,7 @@ browser:
 # Everything CI runs: unit, contract, integration (real models), reliability and end-to-end
 # tests, the browser test included.
 test: install browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # The edit loop: unit + contract tests only (no real models, no reliability or end-to-end runs).
 QUICK := not integration and not reliability and not e2e and not slow
