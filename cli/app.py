@@ -70,13 +70,29 @@ def _parse_where(where: list[str] | None) -> dict[str, str] | None:
 
 
 def plan_chooser(settings):  # noqa: ANN001, ANN201
-    """The applied plan's chooser for `--adapter auto` (the embedder loads on first use)."""
-    from functools import cache
+    """The applied plan's chooser for `--adapter auto`. The embedder and the query router load
+    once, on first use, under a lock: `ragtune eval` asks from several threads at once, and two
+    concurrent `from_pretrained` calls race on transformers' process-wide loading patches (one
+    can leave weight tying switched off for every later model in the process)."""
+    import threading
 
     from ragtune.ingest.embedder import Embedder
     from ragtune.platform.router import QueryRouter
     from ragtune.train.auto import PlanChooser
 
-    embedder = cache(lambda: Embedder.from_settings(settings))
-    return PlanChooser(settings, cache(lambda: QueryRouter(embedder().encode)),
-                       lambda texts: embedder().encode(texts))
+    lock, loaded = threading.Lock(), {}
+
+    def embedder():  # noqa: ANN202
+        with lock:
+            if "embedder" not in loaded:
+                loaded["embedder"] = Embedder.from_settings(settings)
+            return loaded["embedder"]
+
+    def qrouter():  # noqa: ANN202
+        encode = embedder().encode
+        with lock:
+            if "qrouter" not in loaded:
+                loaded["qrouter"] = QueryRouter(encode)
+            return loaded["qrouter"]
+
+    return PlanChooser(settings, qrouter, lambda texts: embedder().encode(texts))

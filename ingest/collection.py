@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ class Collection:
         self.settings = settings
         self.store = store
         self._embedder: Any = None
+        self._embedder_lock = threading.Lock()  # one load, whichever thread asks first
         self._splitter: TokenSplitter | None = None
         self._searcher = Searcher(store)
 
@@ -124,11 +126,12 @@ class Collection:
 
     @property
     def embedder(self) -> Any:
-        if self._embedder is None:
-            from ragtune.ingest.embedder import Embedder
+        with self._embedder_lock:  # concurrent from_pretrained calls race on transformers' patches
+            if self._embedder is None:
+                from ragtune.ingest.embedder import Embedder
 
-            self._embedder = Embedder.from_settings(self.settings)
-        return self._embedder
+                self._embedder = Embedder.from_settings(self.settings)
+            return self._embedder
 
     @property
     def splitter(self) -> TokenSplitter:

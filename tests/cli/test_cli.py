@@ -82,3 +82,38 @@ def test_dry_run_on_a_new_collection_creates_nothing(tiny_settings, corpus):
     r = _run("ingest", str(corpus), "-c", "fresh", "--dry-run")
     assert r.exit_code == 0 and "does not exist yet: 4 file(s) would be ingested" in r.output
     assert not (tiny_settings.collections_dir / "fresh").exists()
+
+
+def test_the_auto_chooser_loads_its_embedder_once_whatever_the_threads(monkeypatch, tiny_settings):
+    """`ragtune eval --adapter auto` asks the chooser from several threads at once: the embedder
+    loads once (two concurrent from_pretrained calls race on transformers' loading patches and
+    can leave weight tying off for every later model in the process)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ragtune.cli.app import plan_chooser
+    from ragtune.ingest.embedder import Embedder
+
+    loads, active, most = [], [0], [0]
+    guard = threading.Lock()
+
+    class Fake:
+        def encode(self, texts):
+            return [[1.0] for _ in texts]
+
+    def load(settings):
+        with guard:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.05)
+        with guard:
+            active[0] -= 1
+        loads.append(1)
+        return Fake()
+
+    monkeypatch.setattr(Embedder, "from_settings", staticmethod(load))
+    chooser = plan_chooser(tiny_settings)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: chooser.embed(["q"]), range(16)))
+    assert len(loads) == 1 and most[0] == 1
