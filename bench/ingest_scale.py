@@ -1,8 +1,11 @@
-"""Ray ingest scaling: chunks/s with 1 and 2 Ray embed workers on this machine, RSS per worker,
-and a linear projection per added node.
+"""Ingest at scale: Ray scaling (chunks/s with 1 and 2 Ray embed workers on this machine, RSS
+per worker, a linear projection per added node) and the peak memory of `ragtune ingest` at 1k
+and 10k documents (`--memory`: does ingest stream, or does its peak grow with the corpus?).
 
-    python bench/ingest_scale.py            # the benchmark corpus of bench/ingest.py (~2-3 min)
+    python bench/ingest_scale.py            # Ray scaling on the bench/ingest.py corpus (~6 min)
     python bench/ingest_scale.py --limit 8  # a smoke run
+    python bench/ingest_scale.py --memory   # peak RSS at 1k and 10k documents (~5 min)
+    python bench/ingest_scale.py --memory --sizes 100 1000  # a smoke run
 
 Corpus and helpers: bench/ingest.py (Python's reference docs, one file per topic). Each worker
 count gets a fresh local Ray (`num_cpus` = workers + 1: the embed actors plus the load+split
@@ -10,7 +13,16 @@ actor and the driver) and a fresh collection; the model is the default embedder.
 engine is measured too, as the baseline. Wall time includes Ray start-up inside `add` (actors
 loading the model), as a user sees it. The per-node figure is a PROJECTION, not a measurement:
 the measured per-worker rate times the workers a node would run, assuming the driver's write
-path keeps up. Writes bench/results/ingest_scale.json and .md.
+path keeps up.
+
+Memory: each size is a fresh `ragtune ingest DIR` child process (a fresh home, the embedded
+defaults: all-MiniLM-L6-v2, torch, FAISS) on a generated corpus of short text documents (one
+chunk each, words drawn from Python's reference docs; the 1k corpus is the first 1000 documents
+of the 10k one). Its peak resident memory is the kernel's high-water mark for the child
+(`ru_maxrss` from `wait4`); the line `ragtune ingest` prints itself is recorded beside it. The
+target: the 10k peak within 1.2x of the 1k peak.
+
+Writes bench/results/ingest_scale.json and .md (each mode keeps the other's results).
 """
 
 from __future__ import annotations
@@ -19,6 +31,9 @@ import argparse
 import json
 import os
 import platform
+import random
+import re
+import subprocess
 import sys
 import tempfile
 import threading
@@ -141,11 +156,107 @@ def markdown(res: dict) -> str:
         "keep up. GPU workers were not measured here.", ""])
 
 
+# -- peak memory at 1k and 10k documents ----------------------------------------------------------
+
+WORDS_PER_DOC = (30, 60)  # one chunk each: the corpus measures per-document costs, not the model
+PEAK_TARGET = 1.2  # the 10k peak over the 1k peak
+
+
+def write_synthetic(folder: Path, n: int, seed: int = 0) -> None:
+    """`n` short text documents, the same first documents for every `n` (same seed)."""
+    import pydoc_data.topics as topics
+
+    words = re.findall(r"[A-Za-z]{3,}", " ".join(topics.topics[k] for k in sorted(topics.topics)))
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        body = " ".join(rng.choices(words, k=rng.randint(*WORDS_PER_DOC)))
+        (folder / f"doc{i:05d}.txt").write_text(f"Document {i}. {body}.\n")
+
+
+def peak_ingest(corpus: Path, home: Path) -> dict:
+    """Run `ragtune ingest corpus` as a child process; its peak RSS (ru_maxrss, kB) and time."""
+    env = {**os.environ, "RAGTUNE_HOME": str(home), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "ragtune.cli", "ingest", str(corpus),
+                             "--collection", "mem"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    secs = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"ragtune ingest failed ({proc.returncode}):\n{out}")
+    chunks = re.search(r"\+(\d+)/-\d+ chunks", out)
+    said = re.search(r"peak memory: (\d+) MB", out)
+    return {"peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "seconds": round(secs, 1),
+            "chunks": int(chunks.group(1)) if chunks else None,
+            "reported_peak_mb": int(said.group(1)) if said else None}
+
+
+def run_memory(sizes: list[int]) -> dict:
+    import torch
+
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="ragtune-mem-") as tmp:
+        tmp = Path(tmp)
+        for n in sizes:
+            write_synthetic(tmp / f"docs{n}", n)
+            r = peak_ingest(tmp / f"docs{n}", tmp / f"home{n}")
+            runs.append({"documents": n, **r})
+            print(f"{n} documents: {r}", flush=True)
+    small, large = runs[0], runs[-1]
+    return {"time": time.time(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0],
+            "words_per_doc": list(WORDS_PER_DOC), "runs": runs,
+            "ratio": round(large["peak_rss_mb"] / small["peak_rss_mb"], 3),
+            "target": PEAK_TARGET}
+
+
+def memory_markdown(mem: dict) -> list[str]:
+    runs = mem["runs"]
+    rows = [f"| {r['documents']} | {r['chunks']} | {r['peak_rss_mb']:.0f} | "
+            f"{r['reported_peak_mb']} | {r['seconds']:.0f} |" for r in runs]
+    ok = "within" if mem["ratio"] <= mem["target"] else "NOT within"
+    return [
+        "## Peak memory of `ragtune ingest` by corpus size", "",
+        f"A fresh `ragtune ingest DIR` process per size, embedded defaults (all-MiniLM-L6-v2, "
+        f"torch, FAISS), generated text documents of {mem['words_per_doc'][0]}-"
+        f"{mem['words_per_doc'][1]} words (one chunk each); {mem['cpus']} CPU cores (shared), "
+        f"Python {mem['python']}. Peak RSS: the kernel's high-water mark for the process "
+        "(`ru_maxrss`); `ragtune ingest` prints its own at the end.", "",
+        "| documents | chunks | peak RSS (MB) | as printed (MB) | s |", "|---|---|---|---|---|",
+        *rows, "",
+        f"{runs[-1]['documents']} vs {runs[0]['documents']} documents: **{mem['ratio']:.2f}x** "
+        f"the peak ({ok} the {mem['target']}x target).", ""]
+
+
+def write_results(out: Path, stem: str, res: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=2))
+    md = "\n".join((markdown(res).splitlines() if "ray" in res else ["# Ingest at scale", ""])
+                   + (memory_markdown(res["memory"]) if "memory" in res else []))
+    (out / f"{stem}.md").write_text(md)
+    print(md)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=None, help="only the first N topics")
+    ap.add_argument("--memory", action="store_true",
+                    help="peak RSS of `ragtune ingest` by corpus size (not the Ray scaling)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000],
+                    help="with --memory: documents per run, smallest first")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
+    if args.memory:
+        default = args.sizes == [1000, 10000]
+        stem = "ingest_scale" if default else "ingest_scale-quick"
+        path = args.out / f"{stem}.json"
+        res = json.loads(path.read_text()) if path.exists() else {}
+        res["memory"] = run_memory(args.sizes)
+        return write_results(args.out, stem, res)
 
     import ray
     import torch
@@ -180,12 +291,11 @@ def main() -> None:
     res["projection"] = {"kind": "linear projection from the measured per-worker rate (not measured)",
                          "per_worker_chunks_per_s": per_worker,
                          "per_8_cpu_node_chunks_per_s": 8 * per_worker}
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "ingest_scale" if args.limit is None else "ingest_scale-quick"
-    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2))
-    md = markdown(res)
-    (args.out / f"{stem}.md").write_text(md)
-    print(md)
+    path = args.out / f"{stem}.json"
+    if path.exists() and "memory" in (old := json.loads(path.read_text())):
+        res["memory"] = old["memory"]
+    write_results(args.out, stem, res)
 
 
 if __name__ == "__main__":
