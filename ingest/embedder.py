@@ -10,8 +10,10 @@ Two backends behind one class:
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,7 @@ class Embedder:
             out[idx] = self._encode_batch(batch)
             if progress is not None:
                 progress.update(len(batch))
+        release_free_memory()
         return out
 
     def _encode_batch(self, batch: list[str]) -> np.ndarray:
@@ -100,6 +103,26 @@ class Embedder:
 
     def encode_query(self, text: str) -> np.ndarray:
         return self._encode_batch([text])[0]
+
+
+@cache
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc `malloc_trim`, ~1 ms).
+
+    Every batch allocates activations of a new shape (batch x sequence length), and glibc keeps
+    the freed blocks: without this an ingest's resident memory climbed by ~20 MB per 64
+    documents (640 -> 940 MB over 1k documents, 1070 MB at 10k); with it it stays flat
+    (~700 MB). Measured in bench/ingest_scale.py --memory."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _pooling(path: Path) -> str:
