@@ -194,8 +194,9 @@ def _check_dim(col: Any, recorded: dict[str, Any] | None) -> None:
 
 
 class LocalEngine:
-    """Load, split and embed in this process: load every file, split every document, then
-    embed `commit_every` documents at a time (progress stages load, split, embed, index)."""
+    """Load, split and embed in this process, streaming: `commit_every` documents are loaded,
+    split and embedded, then committed, before the next file is opened, so memory holds one
+    batch whatever the corpus size (bench/ingest_scale.py --memory measures it)."""
 
     notes: dict[str, Any] = {}
 
@@ -203,31 +204,29 @@ class LocalEngine:
         self.col, self.text_field = col, text_field
 
     def batches(self, todo: list[Path], report: IngestReport) -> Iterator[list[Prepared]]:
-        col = self.col
-        docs: list[Document] = []
-        with progress(len(todo), "load", unit="file") as bar:
-            for path in todo:
+        col, every = self.col, self.col.settings.commit_every
+        chunks = 0
+        with progress(len(todo), "ingest", unit="file") as bar:
+            split: list[tuple[Document, list[Chunk]]] = []
+            for n, path in enumerate(todo, 1):
                 doc = load_or_skip(path, max_bytes(col.settings), self.text_field)
                 if isinstance(doc, str):
                     report.skipped.append((str(path), doc))
                 else:
-                    docs.append(doc)
-                bar.update(1)
-        split: list[tuple[Document, list[Chunk]]] = []
-        with progress(len(docs), "split", unit="doc") as bar:
-            for doc in docs:
-                split.append((doc, col.splitter.split(doc)))
-                bar.update(1)
-        every = col.settings.commit_every
-        with progress(sum(len(c) for _, c in split), "embed", unit="chunk") as bar, \
-                progress(-(-len(split) // every), "index", unit="commit") as index_bar:
-            for start in range(0, len(split), every):
-                batch = split[start : start + every]
-                vectors = col.embedder.encode([c.text for _, chunks in batch for c in chunks],
-                                              progress=bar)
-                out, offset = [], 0
-                for doc, chunks in batch:
-                    out.append(Prepared(doc, chunks, vectors[offset : offset + len(chunks)]))
-                    offset += len(chunks)
-                yield out  # the "index" stage: committed as one generation
-                index_bar.update(1)
+                    split.append((doc, col.splitter.split(doc)))
+                if len(split) == every or (n == len(todo) and split):
+                    prepared = self._embed(split)
+                    chunks += sum(len(p.chunks) for p in prepared)
+                    split = []  # the batch's texts go with it
+                    yield prepared  # committed as one generation before the next file is read
+                    bar.set_postfix_str(f"{chunks} chunks")
+                    bar.update(n - bar.n)
+            bar.update(len(todo) - bar.n)
+
+    def _embed(self, split: list[tuple[Document, list[Chunk]]]) -> list[Prepared]:
+        vectors = self.col.embedder.encode([c.text for _, chunks in split for c in chunks])
+        out, offset = [], 0
+        for doc, chunks in split:
+            out.append(Prepared(doc, chunks, vectors[offset : offset + len(chunks)]))
+            offset += len(chunks)
+        return out
