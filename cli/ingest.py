@@ -33,6 +33,7 @@ def ingest(
     """Ingest documents into a collection: unchanged files are skipped by content hash,
     changed ones replaced, bad ones reported; ends with a summary."""
     from ragtune.ingest.collection import Collection
+    from ragtune.ingest.pipeline import peak_memory
 
     if engine not in ("local", "ray"):
         raise RagtuneError(f"--engine {engine!r} is unknown: use 'local' or 'ray'")
@@ -61,6 +62,7 @@ def ingest(
         _out(report.to_dict())
     else:
         typer.echo(report.summary())
+    typer.echo(peak_memory(), err=as_json)  # stderr under --json: stdout stays one JSON value
     done = report.ingested or report.replaced or report.unchanged or report.pruned
     if report.skipped and not done:
         raise typer.Exit(1)  # every input was bad: say so in the exit status

@@ -12,6 +12,7 @@ pipeline). Both give the same documents, chunks, vectors, generations and report
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -78,6 +79,18 @@ class Engine(Protocol):
         file the loader refuses goes to `report.skipped`). Code after a `yield` runs once the
         batch is committed."""
         ...
+
+
+def peak_memory() -> str:
+    """This process's peak resident memory so far (the kernel's high-water mark), as the line
+    `ragtune ingest` ends with."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return "peak memory: unknown"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+    mb = peak / 1e6 if sys.platform == "darwin" else peak / 1024
+    return f"peak memory: {mb:.0f} MB resident"
 
 
 def max_bytes(settings: Any) -> int:

@@ -1,9 +1,14 @@
 """Ingest streams: `commit_every` documents are loaded, split, embedded and committed before the
 next file is opened, so memory holds one batch whatever the corpus size (the peak by corpus
-size is measured in bench/ingest_scale.py --memory).
+size is measured in bench/ingest_scale.py --memory). `ragtune ingest` ends with its peak memory.
 """
 
 from __future__ import annotations
+
+import json
+import re
+
+from typer.testing import CliRunner
 
 from ragtune import Collection
 
@@ -57,3 +62,17 @@ def test_the_embedder_hands_freed_memory_back_after_each_encode(tiny_settings, m
     col.embedder.encode(["one text", "another text"])
     assert calls == [1]
 
+
+def test_ingest_ends_with_its_peak_memory(tiny_settings, corpus):
+    from ragtune.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["ingest", str(corpus), "-c", "mem"])
+    assert r.exit_code == 0, r.output
+    last = r.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"peak memory: \d+ MB resident", last), last
+    assert 20 < int(last.split()[2]) < 100_000
+
+    r = runner.invoke(app, ["ingest", str(corpus), "-c", "mem", "--json"])
+    assert len(json.loads(r.stdout)["unchanged"]) == 4  # stdout stays one JSON value
+    assert re.search(r"peak memory: \d+ MB resident", r.stderr)
