@@ -207,14 +207,17 @@ def run_memory(sizes: list[int]) -> dict:
             runs.append({"documents": n, **r})
             print(f"{n} documents: {r}", flush=True)
     small, large = runs[0], runs[-1]
-    return {"time": time.time(), "machine": platform.machine(), "cpus": os.cpu_count(),
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent).stdout.strip()
+    return {"time": time.time(), "commit": commit, "machine": platform.machine(),
+            "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0],
             "words_per_doc": list(WORDS_PER_DOC), "runs": runs,
             "ratio": round(large["peak_rss_mb"] / small["peak_rss_mb"], 3),
             "target": PEAK_TARGET}
 
 
-def memory_markdown(mem: dict) -> list[str]:
+def memory_markdown(mem: dict, before: dict | None = None) -> list[str]:
     runs = mem["runs"]
     rows = [f"| {r['documents']} | {r['chunks']} | {r['peak_rss_mb']:.0f} | "
             f"{r['reported_peak_mb']} | {r['seconds']:.0f} |" for r in runs]
@@ -229,14 +232,25 @@ def memory_markdown(mem: dict) -> list[str]:
         "| documents | chunks | peak RSS (MB) | as printed (MB) | s |", "|---|---|---|---|---|",
         *rows, "",
         f"{runs[-1]['documents']} vs {runs[0]['documents']} documents: **{mem['ratio']:.2f}x** "
-        f"the peak ({ok} the {mem['target']}x target).", ""]
+        f"the peak ({ok} the {mem['target']}x target).", "",
+        *(before_markdown(before, mem) if before else [])]
+
+
+def before_markdown(before: dict, mem: dict) -> list[str]:
+    after = {r["documents"]: r["peak_rss_mb"] for r in mem["runs"]}
+    rows = [f"| {r['documents']} | {r['peak_rss_mb']:.0f} | {after.get(r['documents'], float('nan')):.0f} |"
+            for r in before["runs"]]
+    return [f"Before ({before.get('note', 'an earlier measurement')}):", "",
+            "| documents | peak RSS before (MB) | now (MB) |", "|---|---|---|", *rows, "",
+            f"Ratio before: {before['ratio']:.2f}x; now: {mem['ratio']:.2f}x.", ""]
 
 
 def write_results(out: Path, stem: str, res: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(res, indent=2))
     md = "\n".join((markdown(res).splitlines() if "ray" in res else ["# Ingest at scale", ""])
-                   + (memory_markdown(res["memory"]) if "memory" in res else []))
+                   + (memory_markdown(res["memory"], res.get("memory_before"))
+                      if "memory" in res else []))
     (out / f"{stem}.md").write_text(md)
     print(md)
 
@@ -248,6 +262,9 @@ def main() -> None:
                     help="peak RSS of `ragtune ingest` by corpus size (not the Ray scaling)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000],
                     help="with --memory: documents per run, smallest first")
+    ap.add_argument("--before", type=Path, default=None,
+                    help="with --memory: an earlier --memory result (JSON) shown as 'before'")
+    ap.add_argument("--before-note", default=None, help="what the --before result measured")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     if args.memory:
@@ -255,6 +272,10 @@ def main() -> None:
         stem = "ingest_scale" if default else "ingest_scale-quick"
         path = args.out / f"{stem}.json"
         res = json.loads(path.read_text()) if path.exists() else {}
+        if args.before:
+            res["memory_before"] = json.loads(args.before.read_text())["memory"]
+            if args.before_note:
+                res["memory_before"]["note"] = args.before_note
         res["memory"] = run_memory(args.sizes)
         return write_results(args.out, stem, res)
 
