@@ -136,6 +136,7 @@ def eval_cmd(
         return _out({k_: v for k_, v in report.items() if k_ != "results"} |
                     {"files": {k_: str(v) for k_, v in paths.items()}})
     typer.echo("")
+    typer.echo(qa_eval.setup_line(report))
     typer.echo(qa_eval.table(report))
     typer.echo("")
     for line in qa_eval.lever_lines(report):

@@ -231,6 +231,7 @@ def run_injection_eval(settings: Settings, docs: Path, *, questions: tuple = QUE
         collection.close()
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "base_model": engine.model_name,
+        "weights": engine.weights,
         "embedder": settings.embedder, "questions": len(questions), "k": k,
         "max_tokens": max_tokens, "decoding": "greedy", "canary": canary,
         "attacks": {name: attack for name, (_, attack) in ATTACK_DOCS.items()},

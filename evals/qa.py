@@ -127,7 +127,7 @@ def run_eval(settings: Settings, items: list[QAItem], adapter: str | None, colle
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "items": len(items),
         "adapter": ref.label if ref else adapter, "collection": collection,
         "generation": retriever.generation if retriever else None, "k": k, "max_tokens": max_tokens,
-        "base_model": engine.model_name, "system": system,
+        "base_model": engine.model_name, "weights": engine.weights, "system": system,
         "arms": [a.name for a in arms], "summary": summary,
         "levers": levers(results, items), "results": results,
     }
@@ -281,12 +281,19 @@ def chart(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def setup_line(report: dict[str, Any]) -> str:
+    """What produced the table: the base model and its weights, the adapter, the collection."""
+    return (f"base model {report['base_model']} ({report.get('weights', 'fp32')} weights), "
+            f"adapter {report['adapter'] or '-'}, collection {report['collection'] or '-'}, "
+            f"k={report['k']}, max_tokens={report['max_tokens']}")
+
+
 def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "eval.json", "png": out / "eval.png", "md": out / "eval.md"}
     write_json(paths["json"], report)
     chart(report, paths["png"])
-    md = table(report) + "\n\n" + "\n".join(f"- {line}" for line in lever_lines(report)) + "\n"
+    md = setup_line(report) + "\n\n" + table(report) + "\n\n" + "\n".join(f"- {line}" for line in lever_lines(report)) + "\n"
     paths["md"].write_text(md)
     return paths
 

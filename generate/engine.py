@@ -20,6 +20,7 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
+from ragtune.generate import weights
 from ragtune.generate.adapters import AdapterPool
 from ragtune.generate.batcher import Batcher, Request
 from ragtune.generate.handle import Handle
@@ -40,7 +41,11 @@ class Engine(PromptSide):
         self.model_name = model or settings.generator
         self.base_dir = resolve_generator(self.model_name, settings)
         self.device, _ = pick_device(device)
-        model_, self.tokenizer = load_generator(self.model_name, settings, device=self.device)
+        self.weights = weights.resolve(settings.weights, self.device)  # what /v1/models reports
+        model_, self.tokenizer = load_generator(self.model_name, settings, device=self.device,
+                                                dtype=weights.dtype_for(self.weights))
+        if self.weights == "int8":
+            weights.quantize_int8(model_, self.tokenizer)
         cfg = model_.config
         self.context_window = int(getattr(cfg, "max_position_embeddings", 2048) or 2048)
         eos = cfg.eos_token_id if cfg.eos_token_id is not None else self.tokenizer.eos_token_id

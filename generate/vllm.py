@@ -82,6 +82,7 @@ class VllmBackend(PromptSide):
         self.settings = settings
         self.url = (url or settings.vllm_url).rstrip("/")
         self.model_name = settings.generator
+        self.weights = "vllm"  # the vLLM server loads the weights in its own dtype
         self.base_dir = resolve_generator(self.model_name, settings)
         if not self.base_dir.is_dir():
             raise RagtuneError(

@@ -196,14 +196,17 @@ def pick_device(requested: str | None = None) -> tuple[str, Any]:
     return device, (torch.bfloat16 if device.startswith("cuda") else torch.float32)
 
 
-def load_generator(name_or_path: str, settings: Settings, device: str | None = None):
-    """Load (model, tokenizer) on `pick_device(device)`."""
+def load_generator(name_or_path: str, settings: Settings, device: str | None = None,
+                   dtype: Any = None):
+    """Load (model, tokenizer) on `pick_device(device)`, in `dtype` when given (the serving
+    engine's choice, generate/weights.py) or the device's default."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_hf_when_piped()
     path = resolve_generator(name_or_path, settings)
-    device, dtype = pick_device(device)
+    device, default_dtype = pick_device(device)
     folder, extra = (path.parent, {"gguf_file": path.name}) if path.is_file() else (path, {})
     tokenizer = AutoTokenizer.from_pretrained(str(folder), **extra)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **extra).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or default_dtype,
+                                                 **extra).to(device).eval()
     return model, tokenizer

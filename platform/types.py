@@ -88,6 +88,7 @@ class Generator(Protocol):
 
     model_name: str
     context_window: int
+    weights: str  # the base model's weights as served: fp32, bf16, int8 (or "vllm": vLLM's choice)
 
     def count_tokens(self, text: str) -> int: ...
 

@@ -20,7 +20,7 @@ def list_models(request: Request, who: Principal = Depends(principal)) -> dict[s
     st = state(request)
     base = st.engine.model_name
     data = [{"id": base, "object": "model", "created": 0, "owned_by": "ragtune", "root": base,
-             "parent": None}]
+             "parent": None, "weights": st.engine.weights}]
     seen: set[str] = set()
     for a in registry.list_adapters(st.settings):
         if who.adapters is not None and a["name"] not in who.adapters:

@@ -43,6 +43,7 @@ class Handle:
 class FakeGenerator:
     model_name = "base"
     context_window = 2048
+    weights = "fp32"
 
     def __init__(self, answer="It costs 1 EUR [1] [9]."):
         self.answer = answer

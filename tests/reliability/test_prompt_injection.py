@@ -184,6 +184,7 @@ class ScriptedEngine:
 
     model_name = "scripted"
     context_window = 4096
+    weights = "fp32"
     running = 0
 
     def __init__(self, answer: str, step: int = 3):
