@@ -133,7 +133,9 @@ def test_eval_runs_five_arms_and_writes_json_markdown_and_png(tmp_path, monkeypa
     assert report["adapter"] == "voice@v1" and report["collection"] == "kb"
     assert report["system"] == "Reply in JSON."  # every arm gets the adapter's system prompt
     assert (out / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "eval.md").read_text().startswith("| arm |")
+    setup, table = (out / "eval.md").read_text().split("\n\n", 1)
+    assert setup.startswith("base model ") and f"({report['weights']} weights)" in setup
+    assert table.startswith("| arm |")
     res = report["results"]
     # constrained decoding guarantees the format of both json items, whatever a random model does
     constrained = {r["id"]: r for r in res["adapter+rag+json"]}
