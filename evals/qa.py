@@ -293,7 +293,8 @@ def write_report(report: dict[str, Any], out: Path) -> dict[str, Path]:
     paths = {"json": out / "eval.json", "png": out / "eval.png", "md": out / "eval.md"}
     write_json(paths["json"], report)
     chart(report, paths["png"])
-    md = setup_line(report) + "\n\n" + table(report) + "\n\n" + "\n".join(f"- {line}" for line in lever_lines(report)) + "\n"
+    levers = "\n".join(f"- {line}" for line in lever_lines(report))
+    md = setup_line(report) + "\n\n" + table(report) + "\n\n" + levers + "\n"
     paths["md"].write_text(md)
     return paths
 

@@ -86,12 +86,13 @@ SMOOTH_ALPHA = 0.65  # SmoothQuant's migration strength: 0.5-0.8 measured, 0.65 
 
 class Int8Linear(torch.nn.Linear):
     """A frozen linear layer holding int8 weights (one scale per output channel), computed with
-    activations quantised per row at each call (so batching never changes a row's result). A layer whose inputs have outlier channels (found by
-    `calibrate`; SmolLM2's MLP inputs reach 4,000x their median, and one such channel would set
-    the activation scale for all the others) is smoothed first, as in SmoothQuant: input channel
-    j is divided by s_j and weight column j multiplied by it, which leaves the product unchanged
-    and moves the outliers' range into the weights. `weight` keeps the int8 values (peft reads
-    its device and dtype, and does not cast adapters to an integer dtype)."""
+    activations quantised per row at each call (so batching never changes a row's result). A
+    layer whose inputs have outlier channels (found by `calibrate`; SmolLM2's MLP inputs reach
+    4,000x their median, and one such channel would set the activation scale for all the
+    others) is smoothed first, as in SmoothQuant: input channel j is divided by s_j and weight
+    column j multiplied by it, which leaves the product unchanged and moves the outliers' range
+    into the weights. `weight` keeps the int8 values (peft reads its device and dtype, and does
+    not cast adapters to an integer dtype)."""
 
     def __init__(self, linear: torch.nn.Linear, act_peak: torch.Tensor | None = None):
         torch.nn.Module.__init__(self)
@@ -174,8 +175,16 @@ def calibrate(model: Any, tokenizer: Any) -> dict[torch.nn.Linear, torch.Tensor]
 
     linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
     handles = [m.register_forward_hook(hook) for m in linears]
+    ids = ids.to(next(model.parameters()).device)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     try:
-        model(input_ids=ids.to(next(model.parameters()).device))
+        if type(head) is torch.nn.Linear and decoder is not None:
+            # the head's inputs are the decoder's last hidden states: its statistics need no
+            # logits (at SmolLM2's 49k vocabulary, a fifth of a forward's work)
+            hook(head, (decoder(input_ids=ids, use_cache=False).last_hidden_state,), None)
+        else:
+            model(input_ids=ids, use_cache=False)
     finally:
         for h in handles:
             h.remove()

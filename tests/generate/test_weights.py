@@ -74,6 +74,27 @@ def test_quantize_replaces_every_linear_and_keeps_the_model_close(tiny_lm_dir):
     assert cos > 0.99
 
 
+def test_calibration_sees_the_heads_inputs_without_computing_logits(tiny_lm_dir):
+    """The head's statistics come from the decoder's last hidden states (no logits computed):
+    the same peaks a hook on the head sees in a full forward of the same text."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_lm_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir), dtype=torch.float32).eval()
+    stats = weights.calibrate(model, tok)
+    seen = {}
+    head = model.get_output_embeddings()
+    handle = head.register_forward_hook(
+        lambda _m, inp, _o: seen.setdefault("x", inp[0].abs().reshape(-1, inp[0].shape[-1]).amax(0)))
+    model.get_decoder = lambda: None  # no decoder: calibrate runs the whole model, hook fires
+    try:
+        full = weights.calibrate(model, tok)
+    finally:
+        handle.remove()
+    assert set(stats) == set(full) and head in stats
+    assert torch.allclose(stats[head], full[head]) and torch.allclose(stats[head], seen["x"])
+
+
 def test_lora_adapters_apply_per_row_on_int8_layers(tiny_lm_dir):
     """peft wraps Int8Linear like any nn.Linear: a mixed batch equals each row run alone."""
     from peft import LoraConfig, get_peft_model
