@@ -61,6 +61,9 @@ class TrainConfig:
     epochs: int = option(3, "passes over the data")
     batch_size: int = option(8, "examples per micro-batch (per process with --launcher)")
     grad_accum: int = option(1, "micro-batches per optimizer step")
+    pack_length: int = option(
+        1024, "tokens per packed row: a micro-batch's examples laid end to end, attention kept "
+              "inside each, one row per forward (bounds memory; 0: padded batches)")
     lr: float = option(2e-4, "peak learning rate (cosine, warm-up)")
     warmup_ratio: float = option(0.05, "share of steps with linear warm-up, then cosine decay")
     weight_decay: float = option(0.0, "AdamW weight decay")
@@ -84,6 +87,7 @@ class TrainConfig:
             (self.epochs >= 1, "--epochs must be at least 1"),
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.grad_accum >= 1, "--grad-accum must be at least 1"),
+            (self.pack_length >= 0, "--pack-length must not be negative (0: no packing)"),
             (self.lr > 0, "--lr must be positive"),
             (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
             (self.weight_decay >= 0, "--weight-decay must not be negative"),

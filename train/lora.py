@@ -7,7 +7,9 @@ bottom: setup -> data -> loop (accumulate, step, evaluate, early-stop, checkpoin
 
 Only assistant tokens carry loss (see data.encode). Batches are formed from length-sorted
 examples (padding stays small) and their order is shuffled per epoch with the seed, so a run
-is reproducible and resumable at any optimizer step.
+is reproducible and resumable at any optimizer step. By default a micro-batch's examples are
+packed into rows of `pack_length` tokens, one row per forward, each example attending only to
+itself (train/packing.py): a forward's activations are bounded by the row, not by the batch.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ragtune.platform.progress import progress
 from ragtune.train import checkpoint, distributed
 from ragtune.train.args import TrainConfig
 from ragtune.train.data import Example, encode
+from ragtune.train.packing import collate_packed, pack
 
 
 @dataclass
@@ -83,6 +86,22 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int, device: str
             "labels": labels.to(device)}
 
 
+def rank_forwards(idx: list[int], lengths: list[int], pack_length: int, world: int
+                  ) -> list[list[list[int]]]:
+    """Each rank's forwards for the micro-batch `idx`: its slice (distributed.shard) as one
+    padded batch, or, with `pack_length`, as packed rows, one row per forward (train/packing.py).
+    Every rank gets as many forwards as the busiest one (an empty forward is zero-weighted), so
+    DDP sees the same sequence of forwards everywhere."""
+    shards = [distributed.shard(idx, r, world) for r in range(world)]
+    if pack_length:
+        per = [[[s[i] for i in row] for row in pack([lengths[i] for i in s], pack_length)]
+               for s in shards]
+    else:
+        per = [[s] for s in shards]
+    n = max(len(p) for p in per)
+    return [p + [[] for _ in range(n - len(p))] for p in per]
+
+
 _SCALED_LOGITS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
 
 
@@ -107,14 +126,15 @@ def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     """
     target = batch["labels"][:, 1:]
     keep = target != -100
+    # a padded batch has an attention_mask, a packed one position_ids (train/packing.py); no
+    # cache: a cache would also turn off transformers' reading of packed position ids
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     parts = _split_head(model)
     if parts is None:  # models with scaled or capped logits: the full forward
-        logits = model(input_ids=batch["input_ids"],
-                       attention_mask=batch["attention_mask"]).logits[:, :-1][keep]
+        logits = model(**inputs, use_cache=False).logits[:, :-1][keep]
     else:
         decoder, head = parts
-        hidden = decoder(input_ids=batch["input_ids"],
-                         attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = decoder(**inputs, use_cache=False).last_hidden_state
         logits = head(hidden[:, :-1][keep])
     loss = torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction="sum")
     return loss, int(keep.sum())
@@ -306,14 +326,17 @@ def train(
                     # sum by world / n_tokens, and DDP's gradient average undoes the world
                     n_tokens = sum(sum(lab != -100 for lab in r[1]) for b in rows for r in b)
                     loss_total = 0.0
-                    for k, idx in enumerate(window):
-                        mine = distributed.shard(idx, dd.rank, dd.world)
-                        last = k == len(window) - 1
+                    plan = [(idx, fwd) for idx in window for fwd in
+                            rank_forwards(idx, lengths, cfg.pack_length, dd.world)[dd.rank]]
+                    for k, (idx, mine) in enumerate(plan):
+                        last = k == len(plan) - 1
                         with nullcontext() if last or not dd.enabled else net.no_sync():
                             # a rank without examples in a short last batch still joins the
                             # gradient all-reduce, with a zero-weighted forward
                             part = [train_data[i] for i in mine] or [train_data[idx[0]]]
-                            loss, _ = net(collate(part, pad_id, device))
+                            batch = (collate_packed([part], pad_id, device) if cfg.pack_length
+                                     else collate(part, pad_id, device))
+                            loss, _ = net(batch)
                             (loss * (dd.world / n_tokens if mine else 0.0)).backward()
                         loss_total += loss.item() if mine else 0.0
                     if dd.enabled:  # the global loss; and a Ctrl-C on any rank stops them all
