@@ -62,8 +62,8 @@ class TrainConfig:
     batch_size: int = option(8, "examples per micro-batch (per process with --launcher)")
     grad_accum: int = option(1, "micro-batches per optimizer step")
     pack_length: int = option(
-        1024, "tokens per packed row: a micro-batch's examples laid end to end, attention kept "
-              "inside each, one row per forward (bounds memory; 0: padded batches)")
+        512, "tokens per packed row: a micro-batch's examples laid end to end, attention kept "
+             "inside each, one row per forward (bounds memory; 0: padded batches)")
     lr: float = option(2e-4, "peak learning rate (cosine, warm-up)")
     warmup_ratio: float = option(0.05, "share of steps with linear warm-up, then cosine decay")
     weight_decay: float = option(0.0, "AdamW weight decay")
