@@ -13,7 +13,8 @@
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,18 +52,43 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_toke
 
 
 @torch.no_grad()
-def perplexity(model: Any, tokenizer: Any, text: str, window: int = 256) -> float:
+def perplexity(model: Any, tokenizer: Any, text: str, window: int = 256, batch: int = 4) -> float:
+    """Perplexity of `text` in windows of `window` predicted tokens, `batch` windows a forward
+    (fewer, larger operations; the float32 logits of 4 windows are ~200 MB)."""
     device = next(model.parameters()).device
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+    chunks = [ids[s : s + window + 1] for s in range(0, len(ids) - 1, window)]
+    chunks = [c for c in chunks if len(c) >= 2]
     total, count = 0.0, 0
-    for start in range(0, len(ids) - 1, window):
-        chunk = ids[start : start + window + 1].unsqueeze(0).to(device)
-        if chunk.shape[1] < 2:
-            break
-        logits = model(input_ids=chunk[:, :-1]).logits.float()
-        loss = torch.nn.functional.cross_entropy(logits[0], chunk[0, 1:], reduction="sum")
-        total, count = total + float(loss), count + chunk.shape[1] - 1
+    for i in range(0, len(chunks), batch):
+        part = chunks[i : i + batch]
+        width = max(len(c) for c in part)
+        x = torch.zeros((len(part), width), dtype=torch.long)
+        mask = torch.zeros_like(x)
+        for r, c in enumerate(part):
+            x[r, : len(c)], mask[r, : len(c)] = c, 1
+        x, mask = x.to(device), mask.to(device)
+        logits = model(input_ids=x[:, :-1], attention_mask=mask[:, :-1], use_cache=False).logits
+        target = x[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), target.flatten(),
+                                                 reduction="sum")
+        total, count = total + float(loss), count + int(mask[:, 1:].sum())
     return math.exp(total / max(count, 1))
+
+
+@contextmanager
+def merged(model: Any) -> Iterator[None]:
+    """The adapter merged into the base weights while the card generates: the same function
+    with none of LoRA's extra small operations per layer, unmerged afterwards (a model
+    without an adapter runs as it is)."""
+    can = hasattr(model, "merge_adapter")
+    if can:
+        model.merge_adapter()
+    try:
+        yield
+    finally:
+        if can:
+            model.unmerge_adapter()
 
 
 def general_text(max_chars: int = 6000) -> str:
@@ -100,8 +126,7 @@ def evaluate(
     arms: dict[str, dict[str, Any]] = {}
     text = general_text()
     for arm in ("base", "adapter"):
-        ctx = model.disable_adapter() if arm == "base" else nullcontext()
-        with ctx:
+        with model.disable_adapter() if arm == "base" else merged(model):
             outs = generate(model, tokenizer, prompts, max_new_tokens)
             ppl = perplexity(model, tokenizer, text)
         row: dict[str, Any] = {"outputs": outs, "general_perplexity": ppl,
@@ -161,6 +186,9 @@ def card_table(card: dict[str, Any]) -> str:
     """The card as a markdown table (printed at the end of `ragtune train`, and in README.md)."""
     ev = card["eval"]
     rows = [("validation loss (best)", _fmt(card["best_val_loss"]), f"step {card['best_step']}")]
+    if "weights" in card:  # cards before it said nothing: they were fp32 or bf16 too
+        rows.insert(0, ("weights (training and this card)", card["weights"],
+                        "serving may differ: RAGTUNE_WEIGHTS"))
     for h in card["history"]:
         rows.append((f"validation loss, epoch {h['epoch']}", _fmt(h["val_loss"]), ""))
     rows.append(("effect: outputs differing from base",

@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ragtune.ingest.pipeline import peak_memory
 from ragtune.platform.errors import RagtuneError
 from ragtune.platform.models import load_generator, resolve_generator
 from ragtune.platform.prompt import chat_template_hash
@@ -35,7 +36,13 @@ def run_dir_for(settings: Settings, job: TrainJob, data_sha: str) -> Path:
     return settings.jobs_dir / run_id
 
 
+# the card's `weights`, named as RAGTUNE_WEIGHTS names them (generate/weights.py): training and
+# its card run in floating point; serving may use int8
+WEIGHTS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
 def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -> dict[str, Any]:
+    started = time.perf_counter()
     base = job.base or settings.generator
     base_dir = resolve_generator(base, settings)
     schema = None
@@ -111,7 +118,8 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
         f"{result.device} {result.dtype}); best validation loss {result.best_val_loss:.4f} at step "
         f"{result.best_step}" + ("; stopped early" if result.stopped_early else ""))
 
-    # -- evaluate the best adapter against the base -----------------------------------------
+    # -- evaluate the best adapter against the base (the trained model itself, no reload) ---
+    card_started = time.perf_counter()
     best = result.model  # a PeftModel holding the best adapter
     embedder = None
     try:
@@ -130,6 +138,10 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
         facts_report.probe = run_probe(best, tokenizer, cloze_probes(fact_chunks, facts))
         log(f"memorisation probe: {facts_report.probe}")
     ev.loss_plot(result.train_losses, result.history, run_dir / "loss.png")
+    card_seconds = time.perf_counter() - card_started
+    run_seconds = time.perf_counter() - started
+    log(f"evaluation card: {card_seconds:.0f}s of the run's {run_seconds:.0f}s "
+        f"({card_seconds / run_seconds:.0%})")
 
     # -- register ---------------------------------------------------------------------------
     meta = {
@@ -159,6 +171,11 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
         "seconds": result.seconds,
         "device": result.device,
         "dtype": result.dtype,
+        "weights": WEIGHTS.get(result.dtype, result.dtype),  # what the card generated with
+        "card_seconds": round(card_seconds, 1),
+        "run_seconds": round(run_seconds, 1),  # model load to card, registering excluded
+        "card_share": round(card_seconds / run_seconds, 3),
+        "peak_rss_mb": _peak_rss_mb(),
         "eval": evaluation,
         "context": context_info,
         "facts": asdict(facts_report) if facts_report else None,
@@ -170,7 +187,14 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
     card["version"] = version_dir.name
     card["path"] = str(version_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # the version folder now holds what matters
+    log(peak_memory())
     return card
+
+
+def _peak_rss_mb() -> int | None:
+    """This process's peak resident memory so far, in MB (the line `peak_memory` prints)."""
+    words = peak_memory().split()
+    return int(words[2]) if words[2].isdigit() else None
 
 
 def _silent(*args: Any) -> None:

@@ -91,5 +91,11 @@ def test_recipe_end_to_end_on_tiny_models(kb, tiny_lm_dir, tmp_path, tiny_settin
               "loss.png"):
         assert (version / f).exists(), f
     assert any("facts guard" in str(x) for x in lines)
+    # the card names its weights, its own cost and the run's peak memory, which the run prints
+    assert card["weights"] == "fp32" and "| weights (training and this card) | fp32 |" in (
+        version / "README.md").read_text()
+    assert 0 < card["card_seconds"] < card["run_seconds"]
+    assert card["card_share"] == pytest.approx(card["card_seconds"] / card["run_seconds"], abs=0.01)
+    assert card["peak_rss_mb"] > 100 and lines[-1] == f"peak memory: {card['peak_rss_mb']} MB resident"
     with pytest.warns(UserWarning, match="generation 1; it is now at 2"):
         registry.check_collection_drift(version, 2)
