@@ -39,23 +39,32 @@ PRICE_OLD, PRICE_NEW = "**Pro**: 39 EUR per month", "**Pro**: 45 EUR per month"
 # given three (the top-1 chunk holds the answer for 80% of the QA set, the top 3 for all of it).
 K = 1
 T0 = time.time()
+PEAK_MB: dict[str, int] = {}  # stage -> the highest peak resident memory of its processes
 
 
 def step(n: int, title: str) -> None:
     print(f"\n=== [{n}/7] {title}  (t+{time.time() - T0:.0f}s)", flush=True)
 
 
-def sh(*args: str) -> str:
-    """Run a ragtune command, streaming its output (progress included); fail loudly."""
+def sh(*args: str, stage: str | None = None) -> str:
+    """Run a ragtune command, streaming its output (progress included); fail loudly. Its peak
+    resident memory (the kernel's high-water mark, from wait4) counts toward `stage`."""
     print("$ ragtune " + " ".join(args), flush=True)
     proc = subprocess.Popen([*RAGTUNE, *args], stdout=subprocess.PIPE, text=True, bufsize=1)
     lines = []
     for line in proc.stdout:  # echoed as it comes: progress stays visible
         print(line, end="", flush=True)
         lines.append(line)
-    if proc.wait():
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
         sys.exit(f"demo stopped: `ragtune {' '.join(args)}` failed (exit {proc.returncode})")
+    peak(stage or args[0], usage.ru_maxrss // 1024)  # ru_maxrss: KB on Linux
     return "".join(lines)
+
+
+def peak(stage: str, mb: int) -> None:
+    PEAK_MB[stage] = max(mb, PEAK_MB.get(stage, 0))
 
 
 def free_port() -> int:
@@ -91,8 +100,14 @@ class Server:
             time.sleep(0.5)
         sys.exit(f"demo stopped: the server was not ready within {timeout:.0f}s")
 
+    def peak_mb(self) -> int:
+        """The server's peak resident memory so far (VmHWM: the kernel's high-water mark)."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM"))) // 1024
+
     def stop(self) -> None:
         if self.proc.poll() is None:
+            peak("serve", self.peak_mb())
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=30)
@@ -135,20 +150,20 @@ def main() -> None:
     home.mkdir(parents=True, exist_ok=True)
 
     step(1, "the embedded models: SmolLM2-135M-Instruct (generator), all-MiniLM-L6-v2 (embedder)")
-    sh("models", "import")
+    sh("models", "import", stage="models")
 
     step(2, "decide: route Acme's requirements to a lever (RAG, FINE_TUNE, HYBRID, PROMPT)")
     reqs = home / "demo" / "acme-requirements.yaml"
     reqs.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(HERE / "acme-requirements.yaml", reqs)
-    sh("route", str(reqs))  # also writes the plan beside it: acme-requirements.plan.json
+    sh("route", str(reqs), stage="route")  # also writes acme-requirements.plan.json beside it
 
     step(3, "ingest Acme's knowledge base (Markdown, HTML, PDF, CSV, text)")
     kb = home / "demo" / "acme-kb"
     shutil.rmtree(kb, ignore_errors=True)
     shutil.copytree(HERE / "acme", kb)
     sh("ingest", str(kb), "--collection", "acme", "--prune")
-    sh("collections", "show", "acme")
+    sh("collections", "show", "acme", stage="ingest")
 
     step(4, "train the support-voice adapter: JSON answers in Acme's voice, trained on prompts "
             "with retrieved context (the HYBRID requirement)")
@@ -201,6 +216,8 @@ def main() -> None:
     finally:
         server.stop()
     report = json.loads((out / "eval.json").read_text())
+    print("\npeak resident memory by stage (each process's high-water mark; the server's is "
+          "over steps 5-7):\n" + "\n".join(f"  {stage:<7} {mb:>6} MB" for stage, mb in PEAK_MB.items()))
     print(f"\ndemo done in {time.time() - T0:.0f}s. Chart: {out / 'eval.png'}. Try it yourself:\n"
           f"  .venv/bin/ragtune serve   # then open http://127.0.0.1:8000/\n"
           f"  .venv/bin/ragtune ask 'Is the steel widget in stock?' -c acme "

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 def test_demo_quick_runs_every_step(home, real_generator):
     env = {**os.environ, "RAGTUNE_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, str(REPO / "samples" / "demo.py"), "--quick"],
-                         capture_output=True, text=True, timeout=1200, env=env, cwd=REPO)
+                         capture_output=True, text=True, timeout=2400, env=env, cwd=REPO)
     log = out.stdout
     assert out.returncode == 0, log[-4000:] + out.stderr[-4000:]
     for n in range(1, 8):
@@ -42,5 +42,10 @@ def test_demo_quick_runs_every_step(home, real_generator):
     assert report["items"] == 8 and report["adapter"].startswith("support-voice@")
     # constrained decoding: every JSON answer of that arm parses and fits the schema
     assert report["summary"]["adapter+rag+json"]["format_validity"] == 1.0
+    # every stage reports its peak resident memory (each process's high-water mark, in MB)
+    peaks = dict(re.findall(r"^  (\w+) +(\d+) MB$", log.split("peak resident memory by stage")[1],
+                            re.MULTILINE))
+    assert set(peaks) == {"models", "route", "ingest", "train", "serve", "eval"}, peaks
+    assert all(int(mb) > 50 for mb in peaks.values()), peaks  # real processes, real models
     # the samples were copied, never edited in place
     assert "**Pro**: 39 EUR per month" in (REPO / "samples" / "acme" / "pricing.md").read_text()
