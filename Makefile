@@ -32,9 +32,10 @@ browser:
 	  -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; }
 
 # Everything CI runs: unit, contract, integration (real models), reliability and end-to-end
-# tests, the browser test included.
+# tests, the browser test included. Two workers (one kept ~1 core busy); OpenMP threads that
+# wait passively, so two workers' torch threads on 2 cores do not spin against each other.
 test: install browser
-	$(PY) -m pytest -q --durations=15
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n 2 --dist worksteal --durations=15
 
 # The edit loop: unit + contract tests only (no real models, no reliability or end-to-end runs).
 QUICK := not integration and not reliability and not e2e and not slow

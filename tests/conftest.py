@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
 FOLDER_MARKERS = {"integration": "integration", "reliability": "reliability", "e2e": "e2e"}
 REAL_MODELS = {"real_generator", "imported_generator"}
+LONG_FIRST = ("e2e", "slow", "integration")  # the collection order: longest kinds first
 
 
 def pytest_collection_modifyitems(config, items):
@@ -27,6 +28,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(FOLDER_MARKERS[folder])
         if REAL_MODELS & set(getattr(item, "fixturenames", ())):
             item.add_marker("integration")
+    # the longest kinds first (end to end, slow, real models): under `make test`'s two workers they
+    # start at once and the short ones fill in around them, instead of one starting last
+    items.sort(key=lambda i: next((n for n, m in enumerate(LONG_FIRST) if i.get_closest_marker(m)), 3))
 
 
 @pytest.fixture(autouse=True)
