@@ -5,8 +5,11 @@ process, the official openai client) against a plain `model.generate` of the sam
     python bench/serve.py --backend vllm   # transformers vs vLLM backend, in one run (GPU + vllm)
 
 Reports: time to first token and decode tokens/s through the API vs `generate` (target: API
-overhead <= 1.15x); throughput with 8 concurrent clients vs one at a time (target >= 4x);
-p50/p99 end-to-end latency of a RAG question; the server's resident memory.
+overhead <= 1.15x, both fp32); decode tokens/s of one stream with int8 weights vs fp32 (target
+>= 2x) and each against its memory-bandwidth limit (the bytes of weights one token reads, over
+the copy bandwidth measured in the same run); throughput with 8 concurrent clients vs one at a
+time with int8 (target >= 4x); p50/p99 end-to-end latency of a RAG question; the server's
+resident memory. The two servers (RAGTUNE_WEIGHTS=fp32, then int8) run one after the other.
 Writes bench/results/serve.json and serve.md. Targets are reported, never asserted in tests.
 With `--backend vllm` the API figures are measured for both backends, one after the other, and
 compared in bench/results/serve_vllm.json and serve_vllm.md.
@@ -83,6 +86,44 @@ def plain_generate(tokens: int, reps: int) -> dict:
     batched = made / (time.perf_counter() - t0)
     return {"ttft_s": statistics.median(ttft), "decode_tok_s": statistics.median(rate), "tokens": n,
             "batched8_tok_s": batched}
+
+
+def bandwidth_gb_s() -> float:
+    """Memory copy bandwidth with torch's threads (bytes read + written per second, best of 5
+    copies of 512 MB): what decoding one stream can move at most."""
+    import torch
+
+    src = torch.ones(2**27)  # 512 MB of fp32
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
+def weight_bytes_per_token(weights: str) -> int:
+    """Bytes of weights one decoded token reads: every linear layer's weight (the vocabulary
+    head included) at its stored width, plus the norms; the embedding lookup reads one row."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ragtune.platform.models import resolve_generator
+    from ragtune.platform.settings import get_settings
+
+    settings = get_settings()
+    cfg = AutoConfig.from_pretrained(str(resolve_generator(settings.generator, settings)))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    width = {"fp32": 4, "bf16": 2, "int8": 1}[weights]
+    total = 0
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Linear):
+            total += mod.weight.numel() * width + mod.out_features * 4  # + per-channel scales
+        elif "norm" in type(mod).__name__.lower() and getattr(mod, "weight", None) is not None:
+            total += mod.weight.numel() * 4
+    return total
 
 
 def api_stream(client, tokens: int) -> tuple[float, float, int]:
@@ -206,41 +247,67 @@ def main() -> None:
     base = plain_generate(args.tokens, args.reps)
     print(f"generate: ttft {base['ttft_s'] * 1000:.0f} ms, {base['decode_tok_s']:.1f} tok/s",
           flush=True)
-    run = serve_and_measure(args, env, [])
-    api, t = run["api"], run["throughput"]
+    bw = bandwidth_gb_s()
+    limits = {w: bw * 1e9 / weight_bytes_per_token(w) for w in ("fp32", "int8")}
+    print(f"copy bandwidth {bw:.1f} GB/s; bandwidth-limited decode: "
+          + ", ".join(f"{w} {v:.0f} tok/s" for w, v in limits.items()), flush=True)
+    fp32 = serve_and_measure(args, {**env, "RAGTUNE_WEIGHTS": "fp32"}, [])
+    run = serve_and_measure(args, {**env, "RAGTUNE_WEIGHTS": "int8"}, [])
+    api, t, f_api = run["api"], run["throughput"], fp32["api"]
     seq_rate, conc_rate = t["sequential_tok_s"], t["concurrent_tok_s"]
     p50, p99 = run["rag_latency_s"]["p50"], run["rag_latency_s"]["p99"]
     cited, rss = run["rag_latency_s"]["answers_with_citation"], run["server_rss_mib"]
 
     result = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "model": "SmolLM2-135M-Instruct (fp32, CPU)",
-        "generate": base, "api": api,
-        "api_overhead": {"ttft": api["ttft_s"] / base["ttft_s"],
-                         "decode": base["decode_tok_s"] / api["decode_tok_s"]},
-        "throughput": t,
-        "rag_latency_s": run["rag_latency_s"],
-        "server_rss_mib": rss,
-        "targets": {"api_overhead_max": 1.15, "concurrency_speedup_min": 4.0},
+        "model": "SmolLM2-135M-Instruct (CPU; `generate` in fp32, the API in fp32 and int8)",
+        "generate": base, "api_fp32": f_api, "api": api,
+        "api_overhead": {"ttft": f_api["ttft_s"] / base["ttft_s"],
+                         "decode": base["decode_tok_s"] / f_api["decode_tok_s"]},
+        "bandwidth_gb_s": bw, "bandwidth_limit_tok_s": limits,
+        "int8_vs_fp32_decode": api["decode_tok_s"] / f_api["decode_tok_s"],
+        "throughput": t, "throughput_fp32": fp32["throughput"],
+        "rag_latency_s": run["rag_latency_s"], "rag_latency_s_fp32": fp32["rag_latency_s"],
+        "server_rss_mib": rss, "server_rss_mib_fp32": fp32["server_rss_mib"],
+        "targets": {"api_overhead_max": 1.15, "concurrency_speedup_min": 4.0,
+                    "int8_vs_fp32_decode_min": 2.0},
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serve.json").write_text(json.dumps(result, indent=2))
     o = result["api_overhead"]
+    r8, f8 = api["decode_tok_s"], f_api["decode_tok_s"]
     md = [
-        "| measure | plain `generate` | ragtune API | ratio (target) |", "|---|---|---|---|",
-        f"| time to first token | {base['ttft_s'] * 1000:.0f} ms | {api['ttft_s'] * 1000:.0f} ms "
+        f"{os.cpu_count()} CPUs; copy bandwidth {bw:.1f} GB/s measured in the same run.", "",
+        "| measure | plain `generate` (fp32) | ragtune API (fp32) | ratio (target) |",
+        "|---|---|---|---|",
+        f"| time to first token | {base['ttft_s'] * 1000:.0f} ms | {f_api['ttft_s'] * 1000:.0f} ms "
         f"| {o['ttft']:.2f}x (<= 1.15x) |",
-        f"| decode tokens/s | {base['decode_tok_s']:.1f} | {api['decode_tok_s']:.1f} "
+        f"| decode tokens/s | {base['decode_tok_s']:.1f} | {f8:.1f} "
         f"| {o['decode']:.2f}x (<= 1.15x) |",
-        f"| throughput, {args.clients} concurrent clients vs one at a time (API) | "
+        "", "| one stream through the API | fp32 | int8 | int8 / fp32 (target) |",
+        "|---|---|---|---|",
+        f"| decode tokens/s | {f8:.1f} | {r8:.1f} | {r8 / f8:.2f}x (>= 2x) |",
+        f"| time to first token | {f_api['ttft_s'] * 1000:.0f} ms | {api['ttft_s'] * 1000:.0f} ms "
+        f"| {api['ttft_s'] / f_api['ttft_s']:.2f}x |",
+        f"| bandwidth limit (weights read per token) | {limits['fp32']:.0f} tok/s | "
+        f"{limits['int8']:.0f} tok/s | |",
+        f"| share of the bandwidth limit | {f8 / limits['fp32']:.0%} | {r8 / limits['int8']:.0%} | |",
+        "", "| throughput, int8 unless named | one at a time | concurrent | ratio (target) |",
+        "|---|---|---|---|",
+        f"| {args.clients} clients, int8 | "
         f"{seq_rate:.1f} tok/s | {conc_rate:.1f} tok/s | {conc_rate / seq_rate:.2f}x (>= 4x) |",
+        f"| {args.clients} clients, fp32 | {fp32['throughput']['sequential_tok_s']:.1f} tok/s | "
+        f"{fp32['throughput']['concurrent_tok_s']:.1f} tok/s | "
+        f"{fp32['throughput']['speedup']:.2f}x |",
         f"| 8 prompts: one batched `generate` vs 8 concurrent API clients | "
         f"{base['batched8_tok_s']:.1f} tok/s | {conc_rate:.1f} tok/s | "
         f"{conc_rate / base['batched8_tok_s']:.2f}x |",
-        "", "| RAG question end to end (k=3, 32 tokens) | value |", "|---|---|",
-        f"| p50 latency | {p50:.2f} s |", f"| p99 latency | {p99:.2f} s |",
-        f"| answers with a citation | {cited}/{args.rag} |",
-        f"| server resident memory | {rss:.0f} MiB |",
+        "", "| RAG question end to end (k=3, 32 tokens) | int8 | fp32 |", "|---|---|---|",
+        f"| p50 latency | {p50:.2f} s | {fp32['rag_latency_s']['p50']:.2f} s |",
+        f"| p99 latency | {p99:.2f} s | {fp32['rag_latency_s']['p99']:.2f} s |",
+        f"| answers with a citation | {cited}/{args.rag} | "
+        f"{fp32['rag_latency_s']['answers_with_citation']}/{args.rag} |",
+        f"| server resident memory | {rss:.0f} MiB | {fp32['server_rss_mib']:.0f} MiB |",
     ]
     (RESULTS / "serve.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
