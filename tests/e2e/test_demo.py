@@ -46,6 +46,8 @@ def test_demo_quick_runs_every_step(home, real_generator):
     peaks = dict(re.findall(r"^  (\w+) +(\d+) MB$", log.split("peak resident memory by stage")[1],
                             re.MULTILINE))
     assert set(peaks) == {"models", "route", "ingest", "train", "serve", "eval"}, peaks
-    assert all(int(mb) > 50 for mb in peaks.values()), peaks  # real processes, real models
+    # real models in every stage past the import (done already here: the fixture links it in);
+    # the 4 GB goal is measured by the demo itself, not asserted
+    assert all(int(mb) > 200 for stage, mb in peaks.items() if stage != "models"), peaks
     # the samples were copied, never edited in place
     assert "**Pro**: 39 EUR per month" in (REPO / "samples" / "acme" / "pricing.md").read_text()
