@@ -1,26 +1,36 @@
 """The base model's weight format for serving: `RAGTUNE_WEIGHTS=auto|fp32|bf16|int8`.
 
-`auto` (the default) is int8 on CPU and bf16 on a GPU. Decoding one token reads every weight
-once, so on CPU its speed is the memory bandwidth divided by the bytes per weight: int8 reads a
-quarter of fp32's bytes. Only the base model's linear layers (and its vocabulary head) change;
+`auto` (the default) is fp32 on CPU and bf16 on a GPU; int8 is opt-in. Decoding one token reads
+every weight once, so on CPU its speed should be the memory bandwidth divided by the bytes per
+weight, and int8 reads a quarter of fp32's bytes. Measured through the API on the 135M model (2
+cores, bench/serve.py), it is not faster: fbgemm's dynamic int8 linear at one row reaches ~4 GB/s
+of weights (not the machine's ~9 GB/s read bandwidth) and gains nothing from a second thread,
+while fp32 does: per token, one thread fp32 108 ms vs int8 77 ms (1.4x), two threads fp32 63 ms
+vs int8 69 ms (0.92x); 8 concurrent streams 53 vs 42 tokens/s. Hence fp32 stays the CPU default,
+and int8 is for a single-threaded server. Only the base model's linear layers (and its
+vocabulary head) change;
 LoRA adapters stay in floating point on top of them, still applied per request and mixed in one
 batch by peft, because `Int8Linear` is an `nn.Linear` to peft.
 
 Why this kernel: torch's own dynamic int8 linear (`quantized::linear_dynamic` with weights
 prepacked by fbgemm/x86, per-output-channel symmetric int8 weights, activations quantised per
 call) measured 3.8x faster than fp32 on the 135M model's MLP shapes and 6.5x on its 49k-wide
-vocabulary head on one core (AVX-512 VNNI). The alternatives measured worse on the same shapes:
-torchao 0.18's `Int8WeightOnlyConfig` (eager) 2.6x *slower* than fp32 at one row, its
-`Int8DynamicActivationInt8WeightConfig` 2x slower on the MLP shapes (both want `torch.compile`),
-torch's `_weight_int8pack_mm` 2-4x slower; the eager `torch.ao.quantization.quantize_dynamic`
-wrapper is deprecated and turns each layer into a module peft cannot put LoRA on. So the layer
-below calls the two aten ops directly (`quantized::linear_prepack`, `quantized::linear_dynamic`).
-torch marks its quantized tensor types deprecated: `int8_available` probes the ops, and a torch
-without them falls back to fp32 under `auto` (and refuses `int8` with a clear error).
+vocabulary head on one core (AVX-512 VNNI), with the weights in cache. The alternatives measured
+worse on the same shapes: torchao 0.18's `Int8WeightOnlyConfig` (eager) 2.6x *slower* than fp32
+at one row, its `Int8DynamicActivationInt8WeightConfig` 2x slower on the MLP shapes (both want
+`torch.compile`), torch's `_weight_int8pack_mm` 2-4x slower; the eager
+`torch.ao.quantization.quantize_dynamic` wrapper is deprecated and turns each layer into a
+module peft cannot put LoRA on. So the layer below calls the two aten ops directly
+(`quantized::linear_prepack`, `quantized::linear_dynamic`). torch marks its quantized tensor
+types deprecated: `int8_available` probes the ops, and a torch without them refuses `int8` with
+a clear error.
 
 Quality, perplexity on general text (Python's reference docs): fp32 16.02; per-call activation
 scales 25.2 (SmolLM2's MLP inputs have channels at 4,000x their median); per-row scales 16.90;
-per-row scales after SmoothQuant smoothing from one calibration pass 16.16 (what is used).
+per-row scales after SmoothQuant smoothing from one calibration pass 16.16 (what is used). The
+demo's evaluation table (52 questions, 5 arms) with int8 is within 2 points of fp32 on every
+metric but one: base+rag citation correctness 88% vs 91% (one answer of 33); int8 is ahead on
+others (adapter format validity 75% vs 69%).
 """
 
 from __future__ import annotations
@@ -65,7 +75,7 @@ def resolve(requested: str, device: str) -> str:
         raise RagtuneError(f"RAGTUNE_WEIGHTS={requested!r} is not one of {', '.join(CHOICES)}")
     gpu = device.startswith("cuda")
     if requested == "auto":
-        return "bf16" if gpu else ("int8" if int8_available() else "fp32")
+        return "bf16" if gpu else "fp32"  # int8: see the module's measurements
     if requested == "int8" and gpu:
         raise RagtuneError("RAGTUNE_WEIGHTS=int8 is for CPU serving: on a GPU use bf16 (the "
                            "default) or fp32")
