@@ -114,7 +114,9 @@ class TrainJob:
     resume: bool = option(False, "continue the killed run for this name and data")
     run_id: str | None = option(None, "run folder name under jobs/ (default: per name and "
                                       "data; --resume needs the same)")
-    val_fraction: float = option(0.1, "held-out share")
+    val_fraction: float = option(0.1, "held-out share (of DATA, when no --val-data is given)")
+    val_data: Path | None = option(None, "JSONL of held-out examples (default: --val-fraction "
+                                         "of DATA)")
     eval_prompts: int = option(24, "held-out prompts generated for the card")
     max_new_tokens: int = option(128, "token budget per card generation")
     forgetting_margin: float = option(0.10, "general-text perplexity rise flagged as forgetting")
@@ -128,8 +130,9 @@ class TrainJob:
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
-        if self.json_schema is not None:
-            self.json_schema = Path(self.json_schema)
+        for f in ("json_schema", "val_data"):
+            if getattr(self, f) is not None:
+                setattr(self, f, Path(getattr(self, f)))
         check_name(self.name, "adapter")
         for f in ("with_context", "facts_collection"):
             if getattr(self, f) is not None:

@@ -46,6 +46,7 @@ class TrainResult:
     steps: int = 0
     stopped_early: bool = False
     tokens_per_s: float = 0.0
+    tokens: int = 0  # tokens through the forward passes, every epoch counted
     seconds: float = 0.0
     device: str = "cpu"
     dtype: str = "float32"
@@ -218,11 +219,15 @@ def train(
     run_dir: Path,
     resume: bool = False,
     on_step: Callable[[int, float], None] | None = None,
+    on_metrics: Callable[[dict[str, Any], Any], None] | None = None,
 ) -> TrainResult:
     """Train LoRA on `model` (a plain transformers model, already on its device). Returns the
     best adapter's folder. Ctrl-C saves a checkpoint of the last finished step first;
     `resume=True` continues from the last complete checkpoint, refusing one made with other
-    settings, base model or data. `on_step(step, loss)` runs after each finished step.
+    settings, base model or data. `on_step(step, loss)` runs after each finished step, and
+    `on_metrics(row, model)` too (rank 0 only) with the step's metrics: `step`, `total_steps`,
+    `train_loss`, `lr`, `epoch`, `tokens`, and `valid_loss` when a validation ran at that step
+    (the model then holds the weights just validated: a caller may save them as a checkpoint).
     Launched across processes (train/distributed.py), `cfg.batch_size` is per process: a step
     covers batch_size x processes examples, and only rank 0 writes files."""
     from transformers import get_cosine_schedule_with_warmup
@@ -369,6 +374,13 @@ def train(
                             done = True
                     if state["step"] >= total_steps:
                         done = True
+                    if on_metrics and dd.main:
+                        row = {"step": state["step"], "total_steps": total_steps,
+                               "train_loss": step_loss, "lr": sched.get_last_lr()[0],
+                               "epoch": round(epoch_done, 3), "tokens": state["tokens"]}
+                        if result.history and result.history[-1]["step"] == state["step"]:
+                            row["valid_loss"] = result.history[-1]["val_loss"]
+                        on_metrics(row, model)
                     if state["step"] % cfg.save_every == 0 and not done:
                         save_state()  # a finished run needs none: its best adapter is saved
                     whole = True
@@ -385,6 +397,7 @@ def train(
     result.steps = state["step"]
     result.seconds = state["seconds"]
     result.tokens_per_s = state["tokens"] / max(state["seconds"], 1e-9)
+    result.tokens = state["tokens"]
     if not result.best_dir.exists():
         keep_best()
     else:  # end on the best weights, not the last (early stopping's point)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,9 @@ def run_dir_for(settings: Settings, job: TrainJob, data_sha: str) -> Path:
 WEIGHTS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
-def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -> dict[str, Any]:
+def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print,
+        on_metrics: Callable[[dict[str, Any], Any], None] | None = None) -> dict[str, Any]:
+    """The whole run; `on_metrics(row, model)` sees each step's metrics (train/lora.py)."""
     started = time.perf_counter()
     base = job.base or settings.generator
     base_dir = resolve_generator(base, settings)
@@ -59,8 +62,16 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
     model, tokenizer = load_generator(base, settings, device=device)
 
     # -- data -------------------------------------------------------------------------------
-    report = load_examples(job.data, tokenizer, cfg.max_seq_len, job.strict, job.val_fraction,
-                           seed=cfg.seed)
+    if job.val_data is None:
+        report = load_examples(job.data, tokenizer, cfg.max_seq_len, job.strict,
+                               job.val_fraction, seed=cfg.seed)
+    else:  # every line of DATA trains; the held-out set is its own file
+        report = load_examples(job.data, tokenizer, cfg.max_seq_len, job.strict, 0.0,
+                               min_val=0, seed=cfg.seed)
+        held = load_examples(job.val_data, tokenizer, cfg.max_seq_len, job.strict, 0.0,
+                             min_val=0, seed=cfg.seed)
+        log(f"held-out {held.summary()}")
+        report.val = held.train
     log(report.summary())
     train_set, val_set = report.train, report.val
 
@@ -108,7 +119,8 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
 
     # -- train ------------------------------------------------------------------------------
     try:
-        result = train(cfg, model, tokenizer, train_set, val_set, run_dir, resume=job.resume)
+        result = train(cfg, model, tokenizer, train_set, val_set, run_dir, resume=job.resume,
+                       on_metrics=on_metrics)
         distributed.barrier()
     finally:
         distributed.teardown()
@@ -168,6 +180,7 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print) -
         "steps": result.steps,
         "stopped_early": result.stopped_early,
         "tokens_per_s": result.tokens_per_s,
+        "trained_tokens": result.tokens,
         "seconds": result.seconds,
         "device": result.device,
         "dtype": result.dtype,
