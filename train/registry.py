@@ -204,7 +204,9 @@ def list_adapters(settings: Settings) -> list[dict[str, Any]]:
 
 
 def promote(settings: Settings, ref: str, alias: str = "production") -> str:
-    if alias not in ALIASES:
+    """Point `alias` at the version `ref` names. Users promote to `latest` / `production`; a
+    fine-tuning job also names its checkpoints `ckpt-step-N` (serve/ft_jobs.py)."""
+    if alias not in ALIASES and not re.fullmatch(r"ckpt-step-\d{1,9}", alias):
         raise RagtuneError(f"alias {alias!r} is not one of {', '.join(ALIASES)}")
     version_dir = resolve(settings, ref)
     aliases = _aliases(version_dir.parent)
