@@ -10,6 +10,12 @@ class RagtuneError(Exception):
 
     status = 400
     kind = "invalid_request_error"
+    param: str | None = None  # the request field at fault, when one is (the API's `param`)
+
+    def __init__(self, *args: object, param: str | None = None):
+        super().__init__(*args)
+        if param is not None:
+            self.param = param
 
 
 class NotFoundError(RagtuneError):
@@ -54,11 +60,15 @@ class GenerationTimeout(RagtuneError):
     kind = "timeout_error"
 
 
-class LockedError(RagtuneError):
-    """Another process holds a collection's write lock."""
+class ConflictError(RagtuneError):
+    """The request conflicts with the state of what it names (a file a running job reads)."""
 
     status = 409
     kind = "conflict_error"
+
+
+class LockedError(ConflictError):
+    """Another process holds a collection's write lock."""
 
 
 class DamagedError(RagtuneError):

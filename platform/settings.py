@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     adapter_slots: int = Field(4, ge=1, description="adapters kept loaded (LRU)")
     request_timeout: float = Field(300.0, gt=0, description="seconds a generation may take")
     max_upload_mb: float = Field(50.0, gt=0, description="largest request body / upload")
+    ft_concurrency: int = Field(1, ge=1, le=16, description="fine-tuning jobs (POST "
+                                "/v1/fine_tuning/jobs) that train at once; the others queue")
     injection_guard: bool = Field(
         True, description="treat retrieved text as data: strip instructions, hidden text and "
         "fetchable links from sources, redact the system prompt's secrets from answers "
@@ -164,6 +166,11 @@ class Settings(BaseSettings):
     @property
     def jobs_dir(self) -> Path:
         return self.home / "jobs"
+
+    @property
+    def files_dir(self) -> Path:
+        """Uploaded files (POST /v1/files) and the results files of fine-tuning jobs."""
+        return self.home / "files"
 
     @property
     def keys_file(self) -> Path:

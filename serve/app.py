@@ -26,6 +26,8 @@ from ragtune.platform.errors import OverloadedError, RagtuneError
 from ragtune.platform.settings import Settings
 from ragtune.serve.auth import ACCESS, LOOPBACK, Keys
 from ragtune.serve.deps import ServerState, principal, state
+from ragtune.serve.filestore import FileStore
+from ragtune.serve.ft_jobs import FineTuning
 from ragtune.serve.jobs import Jobs
 from ragtune.serve.metrics import Metrics
 from ragtune.serve.schemas import ERRORS
@@ -104,7 +106,18 @@ class BodyLimit:
 def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") -> FastAPI:
     """The app for `settings`. `engine` defaults to the backend `settings.backend` names (the
     in-process transformers engine, or vLLM: generate/backend.py)."""
-    from ragtune.serve.routes import adapters, chat, collections, embeddings, jobs, models, route, ui
+    from ragtune.serve.routes import (
+        adapters,
+        chat,
+        collections,
+        embeddings,
+        files,
+        fine_tuning,
+        jobs,
+        models,
+        route,
+        ui,
+    )
 
     keys = Keys(settings.keys_file)
     open_allowed = is_loopback(host)
@@ -128,6 +141,7 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
         # uvicorn calls this after in-flight requests finished (or the grace period ended)
         app.state.ragtune.draining = True
         app.state.ragtune.jobs.close()
+        app.state.ragtune.fine_tuning.close()
         if owns_engine:
             engine.close()
 
@@ -137,6 +151,8 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
     st = ServerState(settings, engine, None, keys, Jobs(settings.jobs_dir), metrics, open_allowed)
     st.assistant = Assistant(engine, settings, retrievers=st.collection,
                              chooser=PlanChooser(settings, st.query_router, st.embed))
+    st.files = FileStore(settings.files_dir)
+    st.fine_tuning = FineTuning(settings, st.files, engine.model_name, _base_dir(engine, settings))
     app.state.ragtune = st
     app.include_router(chat.router)
     app.include_router(models.router)
@@ -144,13 +160,16 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
     app.include_router(collections.router)
     app.include_router(adapters.router)
     app.include_router(jobs.router)
+    app.include_router(files.router)
+    app.include_router(fine_tuning.router)
     app.include_router(route.router)
     app.include_router(ui.router)  # the web page at /
 
     @app.exception_handler(RagtuneError)
     async def _ragtune_error(request: Request, exc: RagtuneError) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, OverloadedError) else None
-        return JSONResponse(error_body(str(exc), exc.kind, exc.status), exc.status, headers=headers)
+        return JSONResponse(error_body(str(exc), exc.kind, exc.status, exc.param), exc.status,
+                            headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -232,6 +251,14 @@ def _check_access_table(app: FastAPI) -> None:
                 continue
             if f"{method} {route.path}" not in ACCESS and not route.path.startswith("/docs/"):
                 raise RuntimeError(f"route {method} {route.path} has no access rule in auth.ACCESS")
+
+
+def _base_dir(engine: Any, settings: Settings) -> Any:
+    """The served base model's folder (or GGUF file): an ft: name may use its name."""
+    from pathlib import Path
+
+    found = getattr(engine, "base_dir", None)
+    return Path(found) if found is not None else Path(str(settings.generator))
 
 
 def _version() -> str:

@@ -38,6 +38,16 @@ ACCESS = {
     "DELETE /v1/collections/{name}/documents/{doc}": "ingest",
     "GET /v1/adapters": "query", "POST /v1/adapters": "train", "GET /v1/adapters/{name}": "query",
     "GET /v1/jobs/{job_id}": "query", "POST /v1/route": "query",
+    # files: fine-tune data needs train, documents ingest (the upload checks which it is)
+    "POST /v1/files": ("ingest", "train"), "GET /v1/files": ("ingest", "train"),
+    "GET /v1/files/{file_id}": ("ingest", "train"),
+    "GET /v1/files/{file_id}/content": ("ingest", "train"),
+    "DELETE /v1/files/{file_id}": ("ingest", "train"),
+    "POST /v1/fine_tuning/jobs": "train", "GET /v1/fine_tuning/jobs": "train",
+    "GET /v1/fine_tuning/jobs/{job_id}": "train",
+    "POST /v1/fine_tuning/jobs/{job_id}/cancel": "train",
+    "GET /v1/fine_tuning/jobs/{job_id}/events": "train",
+    "GET /v1/fine_tuning/jobs/{job_id}/checkpoints": "train",
 }
 
 
@@ -50,10 +60,13 @@ class Principal:
     collections: frozenset[str] | None = None
     adapters: frozenset[str] | None = None
 
-    def need(self, scope: str) -> None:
-        if scope not in self.scopes and "admin" not in self.scopes:
-            raise ForbiddenError(f"key {self.id} lacks the {scope!r} scope: create a key with "
-                                 f"`ragtune keys create --scopes {scope}`")
+    def need(self, scope: str | tuple[str, ...]) -> None:
+        """`scope`, or one of a tuple of scopes (admin holds them all)."""
+        wanted = (scope,) if isinstance(scope, str) else scope
+        if not self.scopes & {*wanted, "admin"}:
+            raise ForbiddenError(f"key {self.id} lacks the {' or '.join(map(repr, wanted))} "
+                                 f"scope: create a key with `ragtune keys create --scopes "
+                                 f"{wanted[0]}`")
 
     def may_collection(self, name: str) -> bool:
         return self.collections is None or name in self.collections
@@ -63,6 +76,12 @@ class Principal:
             raise ForbiddenError(f"key {self.id} may not use collection {name!r}")
 
     def need_adapter(self, name: str | None) -> None:
+        """`name`: an adapter reference, or a fine-tuned model's `ft:` name (its adapter)."""
+        from ragtune.train.refs import parse_ft
+
+        ft = parse_ft(name) if name else None
+        if ft is not None:
+            name = ft[1]
         if name and self.adapters is not None and name.split("@")[0] not in self.adapters:
             raise ForbiddenError(f"key {self.id} may not use adapter {name!r}")
 

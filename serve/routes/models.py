@@ -14,7 +14,8 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 
 @router.get("/models")
 def list_models(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
-    """The served base model and every registered adapter (name and name@version)."""
+    """The served base model, every registered adapter (name and name@version) and every
+    fine-tuned model (`ft:...`), as far as the key may use them."""
     from ragtune.train import registry
 
     st = state(request)
@@ -34,6 +35,13 @@ def list_models(request: Request, who: Principal = Depends(principal)) -> dict[s
                 data.append({"id": i, "object": "model",
                              "created": int(a["created_at"] or 0), "owned_by": "ragtune",
                              "root": base, "parent": base})
+    for job in st.fine_tuning.models(None):  # fine-tuned models, by OpenAI's names
+        name = job["ragtune"]["adapter"]
+        if (who.adapters is None or name in who.adapters) and job["fine_tuned_model"] not in seen:
+            seen.add(job["fine_tuned_model"])
+            data.append({"id": job["fine_tuned_model"], "object": "model",
+                         "created": job["finished_at"], "owned_by": "ragtune", "root": base,
+                         "parent": base, "adapter": name})
     if st.settings.applied_plan_file.exists():  # an applied plan: model "auto" serves it
         data.append({"id": "auto", "object": "model", "created": 0, "owned_by": "ragtune",
                      "root": base, "parent": base})

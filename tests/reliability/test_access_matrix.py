@@ -67,6 +67,32 @@ MATRIX = {
                                    admin=404)),
     "POST /v1/route": (("POST", "/v1/route", {"json": {"requirements": ["Prices change daily"]}}),
                        dict(none=401, wrong=401, query=200, other=200, ingest=403, admin=200)),
+    # files: documents need ingest, fine-tune data train (admin: both)
+    "POST /v1/files": (("POST", "/v1/files", {"files": {"file": ("m.txt", b"matrix")},
+                                              "data": {"purpose": "user_data"}}),
+                       dict(none=401, wrong=401, query=403, other=403, ingest=200, admin=200)),
+    "GET /v1/files": (("GET", "/v1/files", {}),
+                      dict(none=401, wrong=401, query=403, other=403, ingest=200, admin=200)),
+    "GET /v1/files/{file_id}": (("GET", "/v1/files/file-missing", {}),
+                                dict(none=401, wrong=401, query=403, other=403, ingest=404,
+                                     admin=404)),
+    "GET /v1/files/{file_id}/content": (("GET", "/v1/files/file-missing/content", {}),
+                                        dict(none=401, wrong=401, query=403, other=403,
+                                             ingest=404, admin=404)),
+    "DELETE /v1/files/{file_id}": (("DELETE", "/v1/files/file-missing", {}),
+                                   dict(none=401, wrong=401, query=403, other=403, ingest=404,
+                                        admin=404)),
+    "POST /v1/fine_tuning/jobs": (
+        ("POST", "/v1/fine_tuning/jobs", {"json": {"model": "base", "training_file": "file-x"}}),
+        dict(none=401, wrong=401, query=403, other=403, ingest=403, admin=400)),
+    "GET /v1/fine_tuning/jobs": (("GET", "/v1/fine_tuning/jobs", {}),
+                                 dict(none=401, wrong=401, query=403, other=403, ingest=403,
+                                      admin=200)),
+    **{f"{m} /v1/fine_tuning/jobs/{{job_id}}{tail}": (
+        (m, f"/v1/fine_tuning/jobs/ftjob-000000000000{tail}", {}),
+        dict(none=401, wrong=401, query=403, other=403, ingest=403, admin=404))
+       for m, tail in (("GET", ""), ("POST", "/cancel"), ("GET", "/events"),
+                       ("GET", "/checkpoints"))},
 }
 
 
