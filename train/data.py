@@ -84,6 +84,13 @@ def to_messages(obj: Any) -> tuple[str, list[dict[str, str]]]:
         msgs = obj["messages"]
         if not isinstance(msgs, list) or not msgs:
             raise ValueError("'messages' must be a non-empty list")
+        tools = "tools" in obj or "functions" in obj or any(
+            isinstance(m, dict) and ("tool_calls" in m or "function_call" in m
+                                     or m.get("role") in ("tool", "function")) for m in msgs)
+        if tools:
+            raise ValueError("tool calls (tools, tool_calls or a tool message) are not trained "
+                             "yet: ragtune does not serve tool calls; drop the line, or its "
+                             "tool turns")
         out = []
         for i, m in enumerate(msgs):
             if not isinstance(m, dict) or "role" not in m:

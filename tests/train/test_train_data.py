@@ -102,3 +102,25 @@ def test_only_assistant_tokens_carry_loss(tok):
     assert learned == '{"answer": 4}<|im_end|>\n6<|im_end|>\n'
     ignored = tok.decode([i for i, lab in zip(ids, labels, strict=True) if lab == -100])
     assert "What is 2+2?" in ignored and "Reply in JSON." in ignored and "answer" not in ignored
+
+
+@pytest.mark.parametrize("line", [
+    {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+     "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+    {"messages": [{"role": "user", "content": "q"},
+                  {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                                                        "function": {"name": "f",
+                                                                     "arguments": "{}"}}]},
+                  {"role": "tool", "tool_call_id": "c", "content": "1"},
+                  {"role": "assistant", "content": "a"}]},
+])
+def test_tool_lines_are_refused_by_line_saying_why(tok, tmp_path, line):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in [
+        {"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]},
+        line,
+        {"messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]},
+    ]) + "\n")
+    report = load_examples(path, tok)
+    assert [n for n, _ in report.problems] == [2]
+    assert "tool calls" in report.problems[0][1] and "not trained yet" in report.problems[0][1]
