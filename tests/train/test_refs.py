@@ -64,3 +64,28 @@ def test_an_adapter_trained_on_another_base_is_refused(home):
 def test_adapter_keys_are_unique_per_version_and_safe_module_names(home):
     keys = {adapter_key(home[2]), adapter_key(home[3])}
     assert len(keys) == 2 and not any("." in k or "@" in k for k in keys)
+
+
+def test_fine_tuned_names_resolve_to_the_job_adapter_and_its_checkpoints(home):
+    from ragtune.train.refs import ft_adapter_name, ft_model_name, parse_ft
+
+    settings, base_dir, _, _ = home
+    name = ft_adapter_name("support", "0123456789ab")
+    v1 = make_adapter(settings, base_dir, name, 3, settings.home)
+    v2 = make_adapter(settings, base_dir, name, 4, settings.home)
+    registry.promote(settings, f"{name}@{v1.name}", "ckpt-step-5")
+    model = ft_model_name(base_dir.name, "support", "0123456789ab")
+    assert model == f"ft:{base_dir.name}:ragtune:support:0123456789ab"
+    assert parse_ft(model) == (base_dir.name, name) and parse_ft("voice@v1") is None
+    ref = resolve(home, model)
+    assert ref.folder == v2 and ref.label == model  # the name is echoed, as OpenAI does
+    ckpt = resolve(home, f"{model}:ckpt-step-5")
+    assert ckpt.folder == v1 and ckpt.label == f"{model}:ckpt-step-5"
+    with pytest.raises(NotFoundError, match="ckpt-step-6"):
+        resolve(home, f"{model}:ckpt-step-6")
+    with pytest.raises(NotFoundError, match="fine-tuned from 'other'"):
+        resolve(home, "ft:other:ragtune:support:0123456789ab")
+    with pytest.raises(NotFoundError, match="not a fine-tuned model name"):
+        resolve(home, "ft:gpt-4o-mini:org:x:abc")
+    no_suffix = ft_model_name(base_dir.name, None, "ba9876543210")
+    assert parse_ft(no_suffix)[1] == "ft-ba9876543210"
