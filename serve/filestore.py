@@ -1,5 +1,6 @@
 """Files, as OpenAI's Files API keeps them: `RAGTUNE_HOME/files/<file-id>/` holding `meta.json`
-(the file object, plus its owner and creation time in ns, under keys starting with `_`) and `content` (the bytes as uploaded).
+(the file object, plus its owner and creation time in ns under keys starting with `_`) and
+`content` (the bytes as uploaded).
 
 A file appears whole or not at all: it is written into a hidden `.incoming-*` folder, checked,
 then renamed into place. The client's file name is kept as text in the object, never used as a
@@ -108,7 +109,10 @@ class FileStore:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def add(self, data: bytes, filename: str, purpose: str, owner: str) -> dict[str, Any]:
-        """A file the server writes (a job's results)."""
+        """A file the server writes (a job's results), or the CLI uploads (`ragtune ft
+        create`): a `fine-tune` file is checked as an upload is."""
+        if purpose == "fine-tune":
+            check_training_lines(data, f"file {filename!r}")
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / f".incoming-{os.getpid()}-{secrets.token_hex(6)}"
         tmp.mkdir()
