@@ -152,7 +152,8 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
     st.assistant = Assistant(engine, settings, retrievers=st.collection,
                              chooser=PlanChooser(settings, st.query_router, st.embed))
     st.files = FileStore(settings.files_dir)
-    st.fine_tuning = FineTuning(settings, st.files, engine.model_name, _base_dir(engine, settings))
+    st.fine_tuning = FineTuning(settings, st.files, getattr(engine, "model_name", settings.generator),
+                                _base_dir(engine, settings))
     app.state.ragtune = st
     app.include_router(chat.router)
     app.include_router(models.router)
