@@ -119,8 +119,12 @@ def test_the_documented_flow_makes_a_model_that_answers_with_citations(client, s
     assert job.fine_tuned_model in {m.id for m in client.models.list()}
     # a registered adapter underneath, with its eval card
     adapter = job.model_extra["ragtune"]["adapter"]
-    card = httpx.get(f"{served.url}/v1/adapters/{adapter}").json()
-    assert card["name"] == adapter or adapter in json.dumps(card)
+    shown = httpx.get(f"{served.url}/v1/adapters/{adapter}@latest").json()
+    (final,) = shown["versions"]
+    assert shown["name"] == adapter and "latest" in final["aliases"]
+    assert final["card"]["eval"] and final["card"]["trained_tokens"] == job.trained_tokens
+    every = httpx.get(f"{served.url}/v1/adapters/{adapter}").json()["versions"]
+    assert len(every) == 3  # the evaluated model and its two checkpoints
     # checkpoints: one per validation, each servable by its own name
     checkpoints = list(client.fine_tuning.jobs.checkpoints.list(fine_tuning_job_id=job.id))
     assert [c.step_number for c in checkpoints] == [2, 1]
