@@ -25,7 +25,7 @@ from ragtune.platform.assistant import Assistant
 from ragtune.platform.errors import OverloadedError, RagtuneError
 from ragtune.platform.settings import Settings
 from ragtune.serve.auth import ACCESS, LOOPBACK, Keys
-from ragtune.serve.deps import ServerState, principal, state
+from ragtune.serve.deps import ServerState, principal, route_path, state
 from ragtune.serve.filestore import FileStore
 from ragtune.serve.ft_jobs import FineTuning
 from ragtune.serve.jobs import Jobs
@@ -250,7 +250,7 @@ def _check_access_table(app: FastAPI) -> None:
         for method in getattr(route, "methods", None) or ():
             if method in ("HEAD", "OPTIONS"):
                 continue
-            if f"{method} {route.path}" not in ACCESS and not route.path.startswith("/docs/"):
+            if f"{method} {route_path(route)}" not in ACCESS and not route.path.startswith("/docs/"):
                 raise RuntimeError(f"route {method} {route.path} has no access rule in auth.ACCESS")
 
 

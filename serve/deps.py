@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +87,11 @@ class ServerState:
             return self._qrouter
 
 
+def route_path(route: Any) -> str:
+    """A route's path as OpenAPI writes it: `{model_id:path}` -> `{model_id}`."""
+    return re.sub(r":\w+}", "}", getattr(route, "path", "") or "")
+
+
 def state(request: Request) -> ServerState:
     return request.app.state.ragtune
 
@@ -96,7 +102,7 @@ def principal(request: Request) -> Principal:
     st = state(request)
     who = st.keys.principal(request.headers.get("authorization"), st.open_allowed)
     route = request.scope.get("route")
-    rule = ACCESS.get(f"{request.method} {getattr(route, 'path', '')}")
+    rule = ACCESS.get(f"{request.method} {route_path(route)}")
     if rule:
         who.need(rule)
     return who

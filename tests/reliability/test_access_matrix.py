@@ -33,6 +33,9 @@ MATRIX = {
                      dict(none=401, wrong=401, query=403, other=403, ingest=403, admin=200)),
     "GET /v1/models": (("GET", "/v1/models", {}),
                        dict(none=401, wrong=401, query=200, other=200, ingest=403, admin=200)),
+    "GET /v1/models/{model_id}": (("GET", "/v1/models/voice", {}),
+                                  dict(none=401, wrong=401, query=200, other=200, ingest=403,
+                                       admin=200)),
     "POST /v1/chat/completions": (
         ("POST", "/v1/chat/completions", {"json": CHAT}),
         dict(none=401, wrong=401, query=200, other=403, ingest=403, admin=200)),

@@ -142,6 +142,11 @@ def test_errors_in_openai_shape(client, served):
 def test_models_embeddings_and_search(client, served):
     ids = [m.id for m in client.models.list().data]
     assert served.engine.model_name in ids and "voice" in ids and "voice@v1" in ids
+    assert served.settings.embedder in ids  # the embedder, for /v1/embeddings
+    for model in (served.engine.model_name, "voice@v1", served.settings.embedder):
+        assert client.models.retrieve(model).id == model  # ids with '/' and '@' too
+    with pytest.raises(openai.NotFoundError, match="no model 'gpt-5'"):
+        client.models.retrieve("gpt-5")
     emb = client.embeddings.create(model="all-MiniLM-L6-v2", input=["a", "b c"])  # base64
     assert len(emb.data) == 2 and len(emb.data[0].embedding) == 384
     floats = httpx.post(served.url + "/v1/embeddings", json={"input": "a"}).json()
