@@ -59,6 +59,7 @@ class _Row:
     rng: torch.Generator | None = None
     counts: dict[int, int] = field(default_factory=dict)
     finish: str | None = None
+    forced: bool = False  # the JSON answer was steered closed at its budget's end
 
 
 class Batcher:
@@ -313,6 +314,7 @@ class Batcher:
             g = self.grammars()
             g.mask_(row, r.matcher, r.bitmask)
             if len(r.generated) >= p.max_tokens - closing_reserve(p.max_tokens, p.json_schema):
+                r.forced = True
                 return g.closing_choice(row, self.tokenizer.decode(r.generated))
         if p.temperature <= 0 or r.rng is None:
             return int(torch.argmax(row[0]))
@@ -354,13 +356,15 @@ class Batcher:
             r.sent = end
 
     def _finish(self, r: _Row) -> None:
+        if r.forced and r.finish in (None, "stop"):
+            r.finish = "length"  # the budget, not the model, ended it (OpenAI's clients check)
         self.finished[r.finish or "stop"] += 1
         self.recent.append({"id": r.req.handle.id, "finish": r.finish or "stop",
                             "prompt_tokens": len(r.req.ids),
                             "completion_tokens": len(r.generated),
                             "max_tokens": r.req.params.max_tokens})
         r.req.handle.put(GenEvent(finish_reason=r.finish, prompt_tokens=len(r.req.ids),
-                                  completion_tokens=len(r.generated)))
+                                  completion_tokens=len(r.generated), closed_early=r.forced))
 
 
 def _join(state: dict[str, Any], cache: Any, mask: torch.Tensor, names: list[str | None]) -> None:

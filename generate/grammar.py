@@ -8,7 +8,8 @@ ties itself to its own generation API, and lm-format-enforcer is slower per toke
 A grammar guarantees syntax only if generation finishes. When a JSON answer nears the end of its
 token budget (`closing_reserve`), `closing_choice` steers it to the nearest legal token that closes the
 current string or structure, so a JSON answer ends inside `max_tokens` in practice; one that
-still runs out says `finish_reason: length`, as OpenAI does.
+still runs out, or was closed that way, says `finish_reason: length` (and `json_closed_early`), as
+OpenAI's clients expect: a value may have been cut.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class JsonGrammars:
     def compile(self, schema: dict[str, Any] | None) -> Any:
         """A compiled grammar: any JSON object when `schema` is None, else the schema. An invalid
         schema raises a RagtuneError (HTTP 400) before any model work."""
-        key = json.dumps(schema, sort_keys=True) if schema is not None else ""
+        # the schema as given: its properties' order is the order the answer's keys come in
+        key = json.dumps(schema) if schema is not None else ""
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)

@@ -225,7 +225,9 @@ class Assistant:
         used = {**used, "collection": prep.collection, "generation": prep.generation,
                 "sources_in_prompt": len(prep.sources), "dropped_by_budget": prep.dropped,
                 "best_score": None if prep.best_score is None else round(prep.best_score, 4),
-                "below_relevance_floor": prep.collection is not None and not prep.sources}
+                "below_relevance_floor": prep.collection is not None and not prep.sources,
+                # the token budget ended a JSON answer: closed to parse, its values may be cut
+                "json_closed_early": last.closed_early}
         if isinstance(flt, GuardedFilter):
             used["guard"] = {"flagged_sources": sum(bool(c.metadata.get("flagged"))
                                                     for c in listed),

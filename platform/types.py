@@ -58,6 +58,7 @@ class GenEvent:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    closed_early: bool = False  # a JSON answer the budget's end forced closed (finish: length)
 
 
 @dataclass

@@ -164,6 +164,7 @@ async def chat_completions(body: ChatRequest, request: Request,
         raise RuntimeError("generation failed; the server log says why")
     record(answer)
     return {"id": cid, "object": "chat.completion", "created": created, "model": ref.label,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text,
+                                                 "refusal": None},
                          "finish_reason": answer.finish_reason, "logprobs": None}],
             "usage": answer.usage, **extra(answer)}

@@ -108,9 +108,22 @@ def test_json_schema_answers_always_parse_and_validate(engine, max_tokens):
                            response_format="json_schema", json_schema=SCHEMA)
         text, last = engine.generate(msgs[seed % 4], params)
         jsonschema.validate(json.loads(text), SCHEMA)
-        assert last.finish_reason == "stop" and last.completion_tokens <= max_tokens
+        assert last.completion_tokens <= max_tokens
+        # a random model's answer is steered closed at the budget's end: that says "length"
+        assert (last.finish_reason, last.closed_early) in (("stop", False), ("length", True))
     text, _ = engine.generate(msgs[0], GenParams(max_tokens=40, response_format="json_object"))
     assert isinstance(json.loads(text), dict)
+
+
+def test_a_json_answer_closed_by_its_budget_says_length_and_keeps_the_schema_key_order(engine):
+    schema = {"type": "object", "properties": {"reasoning": {"type": "string"},
+                                               "answer": {"type": "string"}},
+              "required": ["reasoning", "answer"], "additionalProperties": False}
+    params = GenParams(max_tokens=30, temperature=1.0, seed=1, response_format="json_schema",
+                       json_schema=schema)
+    text, last = engine.generate(prompts(1)[0], params)
+    assert list(json.loads(text)) == ["reasoning", "answer"]  # the schema's order, not sorted
+    assert last.finish_reason == "length" and last.closed_early  # the random model rambles
 
 
 def test_an_invalid_schema_is_a_clear_error_before_generation(engine):
