@@ -313,7 +313,8 @@ class Batcher:
         if r.matcher is not None:
             g = self.grammars()
             g.mask_(row, r.matcher, r.bitmask)
-            if len(r.generated) >= p.max_tokens - closing_reserve(p.max_tokens, p.json_schema):
+            if _closable(p) and len(r.generated) >= p.max_tokens - closing_reserve(
+                    p.max_tokens, p.json_schema):
                 r.forced = True
                 return g.closing_choice(row, self.tokenizer.decode(r.generated))
         if p.temperature <= 0 or r.rng is None:
@@ -342,7 +343,8 @@ class Batcher:
             if s and at != -1:
                 end, r.finish = min(end, at), "stop"
         if r.finish is None:
-            if r.matcher is not None and (r.matcher.is_terminated() or _complete_json(text)):
+            if r.matcher is not None and (r.matcher.is_terminated() or (
+                    p.response_format != "tools" and _complete_json(text))):
                 r.finish = "stop"  # the grammar allows nothing but EOS now
             elif len(r.generated) >= p.max_tokens:
                 r.finish = "length"
@@ -386,6 +388,14 @@ def _join(state: dict[str, Any], cache: Any, mask: torch.Tensor, names: list[str
         old.values = torch.cat([pad(old.values, t - t_old, 2), pad(new.values, t - t_new, 2)], dim=0)
     state["mask"] = torch.cat([pad(old_mask, t - t_old, 1), pad(mask, t - t_new, 1)], dim=0)
     state["names"] = state["names"] + names
+
+
+def _closable(p: GenParams) -> bool:
+    """Whether a constrained answer is steered closed near its budget's end: JSON answers, and
+    answers that are tool calls only (in `auto` mode free text may come first: left alone)."""
+    if p.response_format == "tools":
+        return (p.tool_grammar or {}).get("format", {}).get("type") == "tags_with_separator"
+    return True
 
 
 def _complete_json(text: str) -> bool:

@@ -78,6 +78,8 @@ class Engine(PromptSide):
         if params.response_format in ("json_object", "json_schema"):
             grammar = self.batcher.grammars().compile(
                 params.json_schema if params.response_format == "json_schema" else None)
+        elif params.response_format == "tools":
+            grammar = self.batcher.grammars().compile_tags(params.tool_grammar)
         handle = Handle(loop)
         handle.adapter_key = adapter
         deadline = time.monotonic() + (timeout or self.settings.request_timeout)

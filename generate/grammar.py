@@ -38,6 +38,7 @@ class JsonGrammars:
         self._size = cache_size
         self._lock = threading.Lock()
         self.vocab_size = vocab_size
+        self._stops = list(stop_ids)
         self._closers = _closer_tiers(tokenizer, vocab_size)
 
     def compile(self, schema: dict[str, Any] | None) -> Any:
@@ -66,6 +67,25 @@ class JsonGrammars:
                 self._cache.popitem(last=False)
         return compiled
 
+    def compile_tags(self, spec: dict[str, Any]) -> Any:
+        """A compiled structural tag (platform/tools.py: function calls held to their tools'
+        schemas); a tool schema xgrammar cannot compile is a RagtuneError (HTTP 400)."""
+        key = "tags:" + json.dumps(spec)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        try:
+            compiled = self._compiler.compile_structural_tag(spec)
+        except Exception as e:  # xgrammar's own errors for a schema it cannot express
+            raise RagtuneError(f"tools: a function's parameters could not be compiled ({e}); "
+                               "send a valid JSON Schema object", param="tools") from e
+        with self._lock:
+            self._cache[key] = compiled
+            while len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+        return compiled
+
     def matcher(self, compiled: Any) -> Any:
         return self._xgr.GrammarMatcher(compiled)
 
@@ -79,9 +99,12 @@ class JsonGrammars:
 
     def closing_choice(self, logits: torch.Tensor, text: str) -> int:
         """The best allowed token (logits already masked) that moves toward closing the JSON."""
+        row = logits[0]
+        stops = [i for i in self._stops if i < row.shape[0] and torch.isfinite(row[i])]
+        if stops:  # the grammar may end here (after a whole tool call): end
+            return stops[0]
         in_string = _in_string(text)
         tiers = self._closers["string"] if in_string else self._closers["structure"]
-        row = logits[0]
         for tier in tiers:
             masked = row.masked_fill(~tier.to(row.device), float("-inf"))
             best = int(torch.argmax(masked))
@@ -144,21 +167,22 @@ def _refs(node: Any) -> list[str]:
     return []
 
 
-def check_json_schema(schema: Any) -> dict[str, Any]:
-    """A `response_format` JSON Schema checked before any model work: a valid schema of its
-    own draft, with no `$ref` outside itself (nothing is fetched). Bad ones are a 400."""
+def check_json_schema(schema: Any, what: str = "response_format json_schema") -> dict[str, Any]:
+    """A JSON Schema from a request (`what` names where it came from) checked before any model
+    work: a valid schema of its own draft, with no `$ref` outside itself (nothing is fetched).
+    Bad ones are a 400."""
     import jsonschema
 
     if not isinstance(schema, dict):
-        raise RagtuneError("response_format json_schema.schema must be a JSON object (a schema)")
+        raise RagtuneError(f"{what}.schema must be a JSON object (a schema)")
     outside = [r for r in _refs(schema) if not r.startswith("#")]
     if outside:
-        raise RagtuneError(f"response_format json_schema: $ref {outside[0]!r} points outside the "
+        raise RagtuneError(f"{what}: $ref {outside[0]!r} points outside the "
                            "schema (nothing is fetched): inline it, or use a local '#/...' reference")
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as e:
         where = "/".join(str(p) for p in e.absolute_path) or "the top level"
-        raise RagtuneError(f"response_format json_schema is not a valid JSON Schema: {e.message} "
+        raise RagtuneError(f"{what} is not a valid JSON Schema: {e.message} "
                            f"(at {where}): fix the schema") from None
     return schema

@@ -247,6 +247,11 @@ class VllmBackend(PromptSide):
             else:
                 body["structured_outputs"] = ({"json": schema} if schema is not None
                                               else {"json_object": True})
+        elif params.response_format == "tools":  # vLLM's xgrammar backend takes the same tag
+            if self.settings.vllm_structured == "guided":
+                raise RagtuneError("tool calls need vLLM's structured_outputs (vLLM >= 0.10.2): "
+                                   "set RAGTUNE_VLLM_STRUCTURED=structured_outputs")
+            body["structured_outputs"] = {"structural_tag": json.dumps(params.tool_grammar)}
         return body
 
     async def _generate(self, handle: VllmHandle, ids: list[int], params: GenParams,

@@ -165,7 +165,7 @@ class Assistant:
                         generation=retriever.generation)
         floor = self.settings.relevance_floor
         if best is None or best < floor:
-            if response_format not in JSON_FORMATS and adapter is None:
+            if response_format == "text" and adapter is None:
                 prep.refusal = (
                     "I don't know: nothing in the documents"
                     + (f" of collection {collection!r}" if collection else "")
@@ -195,7 +195,7 @@ class Assistant:
         """The filter every generated piece passes before it is sent: citation markers, then
         (guard on) the system prompt's secrets redacted and, when the prompt carries sources,
         links that neither the user nor the sources gave removed."""
-        flt = CitationFilter(len(prep.sources), strip=response_format not in JSON_FORMATS)
+        flt = CitationFilter(len(prep.sources), strip=response_format == "text")
         if not self.guard:
             return flt
         return GuardedFilter(flt, OutputGuard(prep.protected, prep.public,
@@ -238,7 +238,7 @@ class Assistant:
     def used(self, ref: ModelRef, params: GenParams) -> dict[str, Any]:
         return {"model": ref.label, "base_model": self.generator.model_name,
                 "adapter": ref.label if ref.adapter else None,
-                "constrained": params.response_format in JSON_FORMATS}
+                "constrained": params.response_format != "text"}  # JSON or tool calls
 
     # -- the whole turn ------------------------------------------------------------------------
     def turn(self, req: TurnRequest, authorize: Authorize | None = None) -> Turn:

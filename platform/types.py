@@ -45,8 +45,9 @@ class GenParams:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     repetition_penalty: float | None = None  # vLLM's extension; None: the server's default
-    response_format: str = "text"  # text | json_object | json_schema
+    response_format: str = "text"  # text | json_object | json_schema | tools
     json_schema: dict[str, Any] | None = None
+    tool_grammar: dict[str, Any] | None = None  # with "tools": the calls' structural tag
 
 
 @dataclass
