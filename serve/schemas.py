@@ -59,15 +59,61 @@ class TextPart(BaseModel):
     text: str
 
 
+# fields an OpenAI client may send that change nothing here: accepted and ignored (docs/serve.md)
+IGNORED_MESSAGE_FIELDS = ("name", "refusal", "annotations")
+IGNORED_REQUEST_FIELDS = ("store", "metadata", "service_tier", "prompt_cache_key",
+                          "safety_identifier")
+
+
+class FunctionCall(BaseModel):
+    model_config = STRICT
+    name: str
+    arguments: str = Field(description="the arguments, a JSON object in a string")
+
+
+class ToolCall(BaseModel):
+    model_config = STRICT
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-    role: Literal["system", "developer", "user", "assistant"]
+    model_config = ConfigDict(extra="allow", strict=True)
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = Field(None, description="an assistant's calls")
+    tool_call_id: str | None = Field(None, description="a tool message: the call it answers")
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(p.text for p in self.content)
         return self.content or ""
+
+
+class FunctionSpec(BaseModel):
+    model_config = STRICT
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="a JSON Schema (default: none)")
+    strict: bool | None = Field(None, description="calls are always held to the schema here")
+
+
+class ToolSpec(BaseModel):
+    model_config = STRICT
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(BaseModel):
+    model_config = STRICT
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = STRICT
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class JsonSchemaSpec(BaseModel):
@@ -101,7 +147,7 @@ class StreamOptions(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"examples": [
         {"model": "base", "max_tokens": 16,
          "messages": [{"role": "user", "content": "How much does the Basic plan cost?"}],
          "rag": {"collection": "docs", "k": 2}}]})
@@ -120,8 +166,23 @@ class ChatRequest(BaseModel):
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     repetition_penalty: float | None = Field(None, gt=0, le=10, description="vLLM's extension")
     response_format: ResponseFormat | None = None
+    tools: list[ToolSpec] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="default: auto with tools, none without")
+    parallel_tool_calls: bool | None = Field(None, description="default true")
+    logprobs: bool | None = Field(None, description="not supported yet: only false")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="not supported yet")
     rag: RagSpec | None = None
-    user: str | None = None
+    user: str | None = Field(None, description="accepted and ignored")
+
+    def unknown_fields(self) -> list[str]:
+        """Fields this server does not have, at the top and in messages, save the ones OpenAI
+        clients send that change nothing here (IGNORED_*): the API refuses them by name."""
+        out = [k for k in (self.model_extra or {}) if k not in IGNORED_REQUEST_FIELDS]
+        for i, m in enumerate(self.messages):
+            out += [f"messages[{i}].{k}" for k in (m.model_extra or {})
+                    if k not in IGNORED_MESSAGE_FIELDS]
+        return out
 
     @field_validator("stop")
     @classmethod

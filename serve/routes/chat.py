@@ -13,15 +13,52 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ragtune.generate.grammar import check_json_schema
+from ragtune.platform import tools
 from ragtune.platform.assistant import JSON_FORMATS, Answer, RagSpec, Turn, TurnRequest
 from ragtune.platform.errors import GenerationTimeout, RagtuneError
 from ragtune.platform.json_answer import json_valid
 from ragtune.platform.types import GenParams
 from ragtune.serve.auth import Principal
 from ragtune.serve.deps import principal, state
-from ragtune.serve.schemas import GENERATION_ERRORS, ChatRequest
+from ragtune.serve.schemas import (
+    GENERATION_ERRORS,
+    IGNORED_MESSAGE_FIELDS,
+    IGNORED_REQUEST_FIELDS,
+    ChatRequest,
+)
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+def _check(body: ChatRequest) -> None:
+    """What the schema cannot say: fields this server does not have, and what it refuses."""
+    unknown = body.unknown_fields()
+    if unknown:
+        raise RagtuneError(
+            f"unknown field(s): {', '.join(unknown)}: this server does not implement them "
+            f"(accepted and ignored: {', '.join(IGNORED_REQUEST_FIELDS)}, and in messages "
+            f"{', '.join(IGNORED_MESSAGE_FIELDS)}; docs/serve.md)", param=unknown[0])
+    if body.logprobs or body.top_logprobs:
+        raise RagtuneError("logprobs are not supported yet: leave logprobs and top_logprobs out",
+                           param="logprobs")
+    if body.tool_choice is not None and not body.tools:
+        raise RagtuneError("tool_choice needs tools: send the functions in `tools`",
+                           param="tool_choice")
+
+
+def _tool_choice(body: ChatRequest) -> str | dict[str, Any]:
+    """The request's tool choice as platform/tools.py takes it: none | auto | required | the
+    named function ({"type": "function", "function": {"name": ...}})."""
+    if not body.tools:
+        return "none"
+    choice = body.tool_choice if body.tool_choice is not None else "auto"
+    if isinstance(choice, str):
+        return choice
+    names = [t.function.name for t in body.tools]
+    if choice.function.name not in names:
+        raise RagtuneError(f"tool_choice names {choice.function.name!r}, which is not in tools "
+                           f"({', '.join(names)})", param="tool_choice")
+    return choice.model_dump()
 
 
 def _params(body: ChatRequest, settings: Any) -> GenParams:
@@ -31,12 +68,48 @@ def _params(body: ChatRequest, settings: Any) -> GenParams:
         if body.response_format.json_schema is None:
             raise RagtuneError("response_format json_schema needs json_schema.schema")
         schema = check_json_schema(body.response_format.json_schema.schema_)
+    choice, grammar = _tool_choice(body), None
+    if choice != "none":
+        if fmt != "text":
+            raise RagtuneError("tools with a JSON response_format are not supported together: "
+                               "send one of them (or tool_choice none)", param="response_format")
+        for t in body.tools:
+            if t.function.parameters is not None:
+                check_json_schema(t.function.parameters,
+                                  f"tools[{t.function.name}].function.parameters")
+        fmt = "tools"
+        grammar = tools.grammar_spec([t.model_dump() for t in body.tools], choice,
+                                     body.parallel_tool_calls is not False)
     return GenParams(
         max_tokens=body.max_completion_tokens or body.max_tokens or settings.max_tokens,
         temperature=body.temperature or 0.0, top_p=body.top_p or 1.0, stop=list(body.stop or []),
         seed=body.seed, frequency_penalty=body.frequency_penalty,
         presence_penalty=body.presence_penalty, repetition_penalty=body.repetition_penalty,
-        response_format=fmt, json_schema=schema)
+        response_format=fmt, json_schema=schema, tool_grammar=grammar)
+
+
+def _messages(body: ChatRequest) -> list[dict[str, Any]]:
+    """The conversation as the turn takes it: plain role/content messages; tool definitions,
+    calls and results rendered in the tool format (platform/tools.py)."""
+    raw = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(),
+            "tool_calls": [c.model_dump() for c in m.tool_calls] if m.tool_calls else None,
+            "tool_call_id": m.tool_call_id} for m in body.messages]
+    if body.tools or any(m["tool_calls"] or m["role"] == "tool" for m in raw):
+        return tools.plain_messages(raw, [t.model_dump() for t in body.tools or []],
+                                    _tool_choice(body))
+    return [{"role": m["role"], "content": m["content"]} for m in raw]
+
+
+def _message(answer: Answer, params: GenParams) -> tuple[dict[str, Any], str]:
+    """The assistant message and finish reason of an answer (its tool calls, when it made
+    some: finish_reason tool_calls)."""
+    if params.response_format != "tools":
+        return {"role": "assistant", "content": answer.text, "refusal": None}, answer.finish_reason
+    content, calls = tools.parse_calls(answer.text)
+    message = {"role": "assistant", "content": content, "refusal": None}
+    if calls:
+        message["tool_calls"] = calls
+    return message, "tool_calls" if calls else answer.finish_reason
 
 
 async def _until_disconnect(request: Request, turn: Turn) -> None:
@@ -57,9 +130,9 @@ async def chat_completions(body: ChatRequest, request: Request,
     citations; `model` is the base, `base:adapter`, an adapter name or `auto` (the applied
     plan). The turn itself is the assistant's (platform/assistant.py); this edge speaks HTTP."""
     st = state(request)
+    _check(body)
     params = _params(body, st.settings)
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                for m in body.messages]
+    messages = _messages(body)
     rag = None
     if body.rag is not None:
         rag = RagSpec(body.rag.collection, body.rag.k, body.rag.mode, body.rag.where)
@@ -108,6 +181,8 @@ async def chat_completions(body: ChatRequest, request: Request,
                    **more}
             return f"data: {json.dumps(obj)}\n\n"
 
+        calls_only = params.response_format == "tools"  # parsed at the end, then sent
+
         async def events():
             first, answer = True, None
             try:
@@ -120,7 +195,8 @@ async def chat_completions(body: ChatRequest, request: Request,
                             st.metrics.ttft.labels(adapter=labels["adapter"]).observe(
                                 time.monotonic() - started)
                         first = False
-                        yield chunk({"content": ev.text})
+                        if not calls_only:
+                            yield chunk({"content": ev.text})
                 if answer.finish_reason in ("timeout", "error"):
                     err = {"message": f"generation {answer.finish_reason}", "type":
                            "timeout_error" if answer.finish_reason == "timeout" else "server_error"}
@@ -128,7 +204,15 @@ async def chat_completions(body: ChatRequest, request: Request,
                     yield "data: [DONE]\n\n"
                     return
                 record(answer)
-                yield chunk({}, answer.finish_reason, **extra(answer))
+                finish = answer.finish_reason
+                if calls_only:
+                    message, finish = _message(answer, params)
+                    if message["content"]:
+                        yield chunk({"content": message["content"]})
+                    if message.get("tool_calls"):
+                        yield chunk({"tool_calls": [{"index": i, **c} for i, c in
+                                                    enumerate(message["tool_calls"])]})
+                yield chunk({}, finish, **extra(answer))
                 if include_usage:
                     yield (f"data: {json.dumps({'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': ref.label, 'choices': [], 'usage': answer.usage})}\n\n")  # noqa: E501
                 yield "data: [DONE]\n\n"
@@ -163,8 +247,8 @@ async def chat_completions(body: ChatRequest, request: Request,
     if answer.finish_reason == "error":
         raise RuntimeError("generation failed; the server log says why")
     record(answer)
+    message, finish = _message(answer, params)
     return {"id": cid, "object": "chat.completion", "created": created, "model": ref.label,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text,
-                                                 "refusal": None},
-                         "finish_reason": answer.finish_reason, "logprobs": None}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish,
+                         "logprobs": None}],
             "usage": answer.usage, **extra(answer)}

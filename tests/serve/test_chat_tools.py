@@ -1,0 +1,141 @@
+"""Function tools in chat completions, through the official `openai` SDK and LangChain against a
+real server: calls come from constrained decoding, so a forced call always parses and its
+arguments validate against the tool's schema, even from a random model."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import jsonschema
+import openai
+import pytest
+
+from tests.serve.test_api import served  # noqa: F401  (the module's server: tiny model, docs)
+
+WEATHER = {"type": "object", "properties": {
+    "city": {"type": "string", "enum": ["Paris", "Rome"]},
+    "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+    "required": ["city", "days"], "additionalProperties": False}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "the forecast",
+                                           "parameters": WEATHER}},
+         {"type": "function", "function": {"name": "now", "description": "the time"}}]
+ASK = [{"role": "user", "content": "What is the weather in Paris for 3 days?"}]
+
+
+@pytest.fixture
+def client(served):  # noqa: F811
+    return openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
+
+
+def check(call) -> dict:
+    args = json.loads(call.function.arguments)
+    schema = WEATHER if call.function.name == "get_weather" else {"type": "object",
+                                                                   "maxProperties": 0}
+    jsonschema.validate(args, schema)
+    assert call.id.startswith("call_") and call.type == "function"
+    return args
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_required_call_always_parses_and_validates(client, seed):
+    r = client.chat.completions.create(model="base", messages=ASK, tools=TOOLS,
+                                       tool_choice="required", temperature=1.0, seed=seed,
+                                       max_tokens=60)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    for call in choice.message.tool_calls:
+        assert call.function.name in ("get_weather", "now")
+        check(call)
+    assert r.model_extra["ragtune"]["constrained"] is True
+
+
+def test_a_named_function_is_the_one_called_once_without_parallel_calls(client):
+    for seed in range(3):
+        r = client.chat.completions.create(
+            model="base", messages=ASK, tools=TOOLS, temperature=1.0, seed=seed, max_tokens=60,
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            parallel_tool_calls=False)
+        (call,) = r.choices[0].message.tool_calls
+        assert call.function.name == "get_weather" and check(call)["city"] in ("Paris", "Rome")
+
+
+def test_tool_calls_stream_as_deltas_and_the_sdk_assembles_them(client):
+    with client.chat.completions.stream(
+            model="base", messages=ASK, tools=TOOLS, max_tokens=60,
+            tool_choice={"type": "function", "function": {"name": "get_weather"}}) as stream:
+        kinds = [e.type for e in stream]
+        final = stream.get_final_completion()
+    assert "tool_calls.function.arguments.done" in kinds
+    assert final.choices[0].finish_reason == "tool_calls"
+    for call in final.choices[0].message.tool_calls:
+        check(call)
+
+
+def test_a_conversation_with_calls_and_results_goes_on(client):
+    first = client.chat.completions.create(model="base", messages=ASK, tools=TOOLS,
+                                           tool_choice="required", max_tokens=60)
+    message = first.choices[0].message
+    history = ASK + [message.model_dump(exclude_none=True)] + [
+        {"role": "tool", "tool_call_id": c.id, "content": "18 C, sunny"}
+        for c in message.tool_calls]
+    r = client.chat.completions.create(model="base", messages=history, tools=TOOLS,
+                                       tool_choice="none", max_tokens=8)
+    assert r.choices[0].message.content and r.choices[0].message.tool_calls is None
+    auto = client.chat.completions.create(model="base", messages=history, tools=TOOLS,
+                                          max_tokens=40)  # auto: text, calls, or both
+    for call in auto.choices[0].message.tool_calls or []:
+        check(call)
+    assert auto.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+@pytest.mark.parametrize("extra, param, says", [
+    ({"foo": 1}, "foo", "unknown field(s): foo"),
+    ({"messages": [{"role": "user", "content": "q", "foo": 1}]}, "messages[0].foo", "foo"),
+    ({"logprobs": True}, "logprobs", "not supported"),
+    ({"top_logprobs": 2}, "logprobs", "not supported"),
+    ({"tool_choice": "required"}, "tool_choice", "needs tools"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+     "tool_choice", "not in tools"),
+    ({"tools": TOOLS, "response_format": {"type": "json_object"}}, "response_format",
+     "not supported together"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 3}}}]},
+     None, "not a valid JSON Schema"),
+])
+def test_what_is_not_served_is_refused_by_name(served, extra, param, says):  # noqa: F811
+    body = {"model": "base", "messages": ASK, "max_tokens": 2, **extra}
+    r = httpx.post(served.url + "/v1/chat/completions", json=body)
+    assert r.status_code == 400, r.text
+    assert says in r.json()["error"]["message"] and r.json()["error"]["param"] == param
+
+
+def test_fields_clients_send_that_change_nothing_are_accepted(served):  # noqa: F811
+    body = {"model": "base", "max_tokens": 2, "store": False, "metadata": {"a": "b"},
+            "service_tier": "auto", "user": "u1", "logprobs": False,
+            "messages": [{"role": "user", "content": "q", "name": "ann"},
+                         {"role": "assistant", "content": "a", "refusal": None},
+                         {"role": "user", "content": "q2"}]}
+    assert httpx.post(served.url + "/v1/chat/completions", json=body).status_code == 200
+
+
+def test_langchain_binds_tools_and_gets_structured_output(served):  # noqa: F811
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel, Field
+
+    class GetWeather(BaseModel):
+        """The forecast for a city."""
+
+        city: str = Field(description="the city")
+        days: int
+
+    llm = ChatOpenAI(base_url=served.url + "/v1", api_key="unused", model="base", max_tokens=60,
+                     max_retries=0)
+    msg = llm.bind_tools([GetWeather], tool_choice="any").invoke("Weather in Paris, 3 days?")
+    (call,) = msg.tool_calls[:1]
+    assert call["name"] == "GetWeather" and isinstance(call["args"]["days"], int)
+    out = llm.with_structured_output(GetWeather, method="function_calling").invoke("Paris?")
+    assert isinstance(out, GetWeather) and isinstance(out.city, str)
+    streamed = None
+    for piece in llm.bind_tools([GetWeather], tool_choice="GetWeather").stream("Rome?"):
+        streamed = piece if streamed is None else streamed + piece
+    assert streamed.tool_calls and streamed.tool_calls[0]["name"] == "GetWeather"
