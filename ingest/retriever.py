@@ -18,9 +18,14 @@ class CollectionRetriever(BaseRetriever):
     where: dict[str, str] | None = None
 
     def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None, mode: str | None = None, where: dict[str, str] | None = None,
     ) -> list[Document]:
-        hits = self.collection.search(query, k=self.k, mode=self.mode, where=self.where)
+        """`invoke(query, k=1, mode="hybrid", where={...})` overrides the retriever's own
+        settings for that call (LangChain passes call-time keyword arguments here)."""
+        hits = self.collection.search(query, k=self.k if k is None else k,
+                                      mode=mode or self.mode,
+                                      where=self.where if where is None else where)
         return [
             Document(
                 page_content=h.text,

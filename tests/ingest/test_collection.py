@@ -197,6 +197,11 @@ def test_as_retriever_returns_langchain_documents(tiny_settings, corpus):
     assert isinstance(docs[0], Document) and len(docs) <= 2
     assert docs[0].metadata["source"].endswith("pricing.md")
     assert docs[0].metadata["h2"] == "Refunds" and "chunk_id" in docs[0].metadata
+    # call-time arguments override the retriever's own (LangChain passes them through)
+    assert len(retriever.invoke("refunds", k=1)) == 1
+    assert len(col.as_retriever(k=1).invoke("refunds", k=3)) == 3
+    assert retriever.invoke("refunds", mode="dense", k=2) == col.as_retriever(k=2).invoke(
+        "refunds")
 
 
 def test_readers_follow_new_generations(tiny_settings, corpus, tmp_path):
