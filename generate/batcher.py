@@ -60,6 +60,7 @@ class _Row:
     counts: dict[int, int] = field(default_factory=dict)
     finish: str | None = None
     forced: bool = False  # the JSON answer was steered closed at its budget's end
+    logprobs: list[dict[str, Any]] = field(default_factory=list)  # entries not yet sent
 
 
 class Batcher:
@@ -305,8 +306,27 @@ class Batcher:
                     row[0, seen] -= p.frequency_penalty * counts + p.presence_penalty
             tok = self._sample(r, row)
             out.append(tok)
+            if p.logprobs and tok not in self.eos_ids:
+                r.logprobs.append(self._logprob(logits[i], tok, p.top_logprobs))
             self._accept(r, tok)
         return out
+
+    def _entry(self, tok: int, logprob: float) -> dict[str, Any]:
+        piece = self.tokenizer.decode([tok])
+        return {"token": piece, "logprob": logprob, "bytes": list(piece.encode("utf-8"))}
+
+    def _logprob(self, logits: torch.Tensor, tok: int, top: int) -> dict[str, Any]:
+        """OpenAI's logprobs entry for `tok`: its log-probability under the model's own
+        distribution (before penalties, sampling settings and a grammar's mask), and the `top`
+        most likely tokens."""
+        lp = torch.log_softmax(logits.float(), dim=-1)
+        entry = self._entry(tok, float(lp[tok]))
+        entry["top_logprobs"] = []
+        if top:
+            values, ids = torch.topk(lp, top)
+            entry["top_logprobs"] = [self._entry(int(i), float(v))
+                                     for v, i in zip(values, ids, strict=True)]
+        return entry
 
     def _sample(self, r: _Row, row: torch.Tensor) -> int:
         p = r.req.params
@@ -354,8 +374,16 @@ class Batcher:
                 if text.endswith("\ufffd"):
                     end = min(end, len(text) - 1)
         if end > r.sent:
-            r.req.handle.put(GenEvent(text=text[r.sent:end]))
+            r.req.handle.put(GenEvent(text=text[r.sent:end], logprobs=self._sent_logprobs(r)))
             r.sent = end
+
+    @staticmethod
+    def _sent_logprobs(r: _Row) -> list[dict[str, Any]] | None:
+        """The entries of the tokens generated since the last piece (None without logprobs)."""
+        if not r.req.params.logprobs:
+            return None
+        out, r.logprobs = r.logprobs, []
+        return out
 
     def _finish(self, r: _Row) -> None:
         if r.forced and r.finish in (None, "stop"):
@@ -366,7 +394,8 @@ class Batcher:
                             "completion_tokens": len(r.generated),
                             "max_tokens": r.req.params.max_tokens})
         r.req.handle.put(GenEvent(finish_reason=r.finish, prompt_tokens=len(r.req.ids),
-                                  completion_tokens=len(r.generated), closed_early=r.forced))
+                                  completion_tokens=len(r.generated), closed_early=r.forced,
+                                  logprobs=self._sent_logprobs(r)))
 
 
 def _join(state: dict[str, Any], cache: Any, mask: torch.Tensor, names: list[str | None]) -> None:

@@ -188,6 +188,13 @@ class VllmBackend(PromptSide):
         """Start a generation on vLLM; its events arrive on the handle. Raises RagtuneError for
         a prompt over the context window, OverloadedError when too many are open."""
         self.check_fits(len(prompt_ids), params.max_tokens)
+        if params.logprobs:
+            raise RagtuneError("logprobs are not served through the vLLM backend yet: ask without "
+                               "logprobs, or serve with the transformers backend",
+                               param="logprobs")
+        if params.response_format == "tools" and self.settings.vllm_structured == "guided":
+            raise RagtuneError("tool calls need vLLM's structured_outputs (vLLM >= 0.10.2): "
+                               "set RAGTUNE_VLLM_STRUCTURED=structured_outputs", param="tools")
         with self._count_lock:
             if self._waiting + self.running >= self.max_inflight:
                 raise self._overloaded()
@@ -248,9 +255,6 @@ class VllmBackend(PromptSide):
                 body["structured_outputs"] = ({"json": schema} if schema is not None
                                               else {"json_object": True})
         elif params.response_format == "tools":  # vLLM's xgrammar backend takes the same tag
-            if self.settings.vllm_structured == "guided":
-                raise RagtuneError("tool calls need vLLM's structured_outputs (vLLM >= 0.10.2): "
-                                   "set RAGTUNE_VLLM_STRUCTURED=structured_outputs")
             body["structured_outputs"] = {"structural_tag": json.dumps(params.tool_grammar)}
         return body
 

@@ -90,6 +90,7 @@ class Answer:
     invalid_citations: int
     usage: dict[str, int]
     used: dict[str, Any]
+    logprobs: list[dict[str, Any]] | None = None  # with params.logprobs: one entry per token
 
     def to_dict(self) -> dict[str, Any]:
         return {"answer": self.text, "finish_reason": self.finish_reason,
@@ -305,6 +306,7 @@ class TurnEvent:
     text: str = ""
     raw: str = ""
     answer: Answer | None = None
+    logprobs: list[dict[str, Any]] | None = None  # the tokens behind `raw` (params.logprobs)
 
 
 class Turn:
@@ -319,6 +321,7 @@ class Turn:
         self.handle: Any = None
         self.text = ""
         self.last = GenEvent(finish_reason="stop")
+        self.logprobs: list[dict[str, Any]] = []
 
     @property
     def refusal(self) -> str | None:
@@ -345,7 +348,8 @@ class Turn:
         piece = self.filter.feed(ev.text)
         self.text += piece
         self.last = ev
-        return TurnEvent(piece, ev.text)
+        self.logprobs += ev.logprobs or []
+        return TurnEvent(piece, ev.text, logprobs=ev.logprobs)
 
     def _end(self) -> Iterator[TurnEvent]:
         if self.refusal:
@@ -356,8 +360,11 @@ class Turn:
             if tail:
                 self.text += tail
                 yield TurnEvent(tail)
-        yield TurnEvent(answer=self.assistant.finish(self.prep, self.text.strip(), self.filter,
-                                                     self.last, self.used))
+        answer = self.assistant.finish(self.prep, self.text.strip(), self.filter, self.last,
+                                       self.used)
+        if self.params.logprobs:
+            answer.logprobs = self.logprobs
+        yield TurnEvent(answer=answer)
 
     def events(self) -> Iterator[TurnEvent]:
         self.start()

@@ -48,6 +48,8 @@ class GenParams:
     response_format: str = "text"  # text | json_object | json_schema | tools
     json_schema: dict[str, Any] | None = None
     tool_grammar: dict[str, Any] | None = None  # with "tools": the calls' structural tag
+    logprobs: bool = False  # each token's log-probability (OpenAI's `logprobs`)
+    top_logprobs: int = 0  # and this many most likely alternatives per token
 
 
 @dataclass
@@ -60,6 +62,9 @@ class GenEvent:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     closed_early: bool = False  # a JSON answer the budget's end forced closed (finish: length)
+    # with params.logprobs: OpenAI's entries ({token, logprob, bytes, top_logprobs}) for the
+    # tokens this piece's text came from
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass

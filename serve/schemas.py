@@ -170,8 +170,10 @@ class ChatRequest(BaseModel):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
         None, description="default: auto with tools, none without")
     parallel_tool_calls: bool | None = Field(None, description="default true")
-    logprobs: bool | None = Field(None, description="not supported yet: only false")
-    top_logprobs: int | None = Field(None, ge=0, le=20, description="not supported yet")
+    logprobs: bool | None = Field(None, description="each token's log-probability, under the "
+                                  "model's own distribution (before penalties and grammars)")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="with logprobs: the most "
+                                     "likely alternatives per token")
     rag: RagSpec | None = None
     user: str | None = Field(None, description="accepted and ignored")
 

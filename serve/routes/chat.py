@@ -38,9 +38,8 @@ def _check(body: ChatRequest) -> None:
             f"unknown field(s): {', '.join(unknown)}: this server does not implement them "
             f"(accepted and ignored: {', '.join(IGNORED_REQUEST_FIELDS)}, and in messages "
             f"{', '.join(IGNORED_MESSAGE_FIELDS)}; docs/serve.md)", param=unknown[0])
-    if body.logprobs or body.top_logprobs:
-        raise RagtuneError("logprobs are not supported yet: leave logprobs and top_logprobs out",
-                           param="logprobs")
+    if body.top_logprobs and not body.logprobs:
+        raise RagtuneError("top_logprobs needs logprobs: true", param="top_logprobs")
     if body.tool_choice is not None and not body.tools:
         raise RagtuneError("tool_choice needs tools: send the functions in `tools`",
                            param="tool_choice")
@@ -85,7 +84,8 @@ def _params(body: ChatRequest, settings: Any) -> GenParams:
         temperature=body.temperature or 0.0, top_p=body.top_p or 1.0, stop=list(body.stop or []),
         seed=body.seed, frequency_penalty=body.frequency_penalty,
         presence_penalty=body.presence_penalty, repetition_penalty=body.repetition_penalty,
-        response_format=fmt, json_schema=schema, tool_grammar=grammar)
+        response_format=fmt, json_schema=schema, tool_grammar=grammar,
+        logprobs=bool(body.logprobs), top_logprobs=body.top_logprobs or 0)
 
 
 def _messages(body: ChatRequest) -> list[dict[str, Any]]:
@@ -174,10 +174,12 @@ async def chat_completions(body: ChatRequest, request: Request,
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-        def chunk(delta: dict, finish: str | None = None, **more: Any) -> str:
+        def chunk(delta: dict, finish: str | None = None, logprobs: list | None = None,
+                  **more: Any) -> str:
+            lp = {"content": logprobs or [], "refusal": None} if params.logprobs else None
             obj = {"id": cid, "object": "chat.completion.chunk", "created": created,
                    "model": ref.label, "choices": [{"index": 0, "delta": delta,
-                                                    "finish_reason": finish, "logprobs": None}],
+                                                    "finish_reason": finish, "logprobs": lp}],
                    **more}
             return f"data: {json.dumps(obj)}\n\n"
 
@@ -190,13 +192,13 @@ async def chat_completions(body: ChatRequest, request: Request,
                 async for ev in turn.aevents():
                     if ev.answer is not None:
                         answer = ev.answer
-                    elif ev.text:
+                    elif ev.text or ev.logprobs:  # a held-back piece still has its tokens
                         if first and not turn.refusal:
                             st.metrics.ttft.labels(adapter=labels["adapter"]).observe(
                                 time.monotonic() - started)
                         first = False
                         if not calls_only:
-                            yield chunk({"content": ev.text})
+                            yield chunk({"content": ev.text}, logprobs=ev.logprobs)
                 if answer.finish_reason in ("timeout", "error"):
                     err = {"message": f"generation {answer.finish_reason}", "type":
                            "timeout_error" if answer.finish_reason == "timeout" else "server_error"}
@@ -250,5 +252,6 @@ async def chat_completions(body: ChatRequest, request: Request,
     message, finish = _message(answer, params)
     return {"id": cid, "object": "chat.completion", "created": created, "model": ref.label,
             "choices": [{"index": 0, "message": message, "finish_reason": finish,
-                         "logprobs": None}],
+                         "logprobs": {"content": answer.logprobs, "refusal": None}
+                         if params.logprobs else None}],
             "usage": answer.usage, **extra(answer)}

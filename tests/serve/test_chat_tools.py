@@ -92,8 +92,7 @@ def test_a_conversation_with_calls_and_results_goes_on(client):
 @pytest.mark.parametrize("extra, param, says", [
     ({"foo": 1}, "foo", "unknown field(s): foo"),
     ({"messages": [{"role": "user", "content": "q", "foo": 1}]}, "messages[0].foo", "foo"),
-    ({"logprobs": True}, "logprobs", "not supported"),
-    ({"top_logprobs": 2}, "logprobs", "not supported"),
+    ({"top_logprobs": 2}, "top_logprobs", "needs logprobs: true"),
     ({"tool_choice": "required"}, "tool_choice", "needs tools"),
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
      "tool_choice", "not in tools"),
@@ -139,3 +138,24 @@ def test_langchain_binds_tools_and_gets_structured_output(served):  # noqa: F811
     for piece in llm.bind_tools([GetWeather], tool_choice="GetWeather").stream("Rome?"):
         streamed = piece if streamed is None else streamed + piece
     assert streamed.tool_calls and streamed.tool_calls[0]["name"] == "GetWeather"
+
+
+def test_logprobs_plain_and_streamed(client):
+    r = client.chat.completions.create(model="base", messages=ASK, max_tokens=6, logprobs=True,
+                                       top_logprobs=3)
+    entries = r.choices[0].logprobs.content
+    assert len(entries) == r.usage.completion_tokens  # one per generated token (no EOS here)
+    for e in entries:
+        assert e.logprob <= 0 and bytes(e.bytes).decode("utf-8", "replace") == e.token
+        tops = [t.logprob for t in e.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True) and e.logprob <= tops[0]
+    assert "".join(e.token for e in entries).strip() == r.choices[0].message.content
+    plain = client.chat.completions.create(model="base", messages=ASK, max_tokens=6)
+    assert plain.choices[0].logprobs is None
+    streamed = []
+    for c in client.chat.completions.create(model="base", messages=ASK, max_tokens=6,
+                                            logprobs=True, stream=True):
+        if c.choices and c.choices[0].logprobs:
+            streamed += c.choices[0].logprobs.content
+    assert [e.token for e in streamed] == [e.token for e in entries]  # greedy: the same tokens
+    assert [round(e.logprob, 4) for e in streamed] == [round(e.logprob, 4) for e in entries]
