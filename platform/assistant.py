@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ragtune.platform.citations import CitationFilter, attribute
@@ -339,6 +339,12 @@ class Turn:
             self.handle = gen.submit(gen.prompt_ids(self.prep.messages), self.params,
                                      self.ref.adapter, self.ref.folder, loop=loop)
         return self
+
+    def fork(self, seed: int | None) -> Turn:
+        """Another turn on this prepared prompt (OpenAI's `n`): its own sampling seed and
+        output filter; started together, the engine decodes them in one batch."""
+        return Turn(self.assistant, self.prep, self.ref, replace(self.params, seed=seed),
+                    dict(self.used), self.choice)
 
     def cancel(self) -> None:
         if self.handle is not None:

@@ -112,12 +112,13 @@ def _message(answer: Answer, params: GenParams) -> tuple[dict[str, Any], str]:
     return message, "tool_calls" if calls else answer.finish_reason
 
 
-async def _until_disconnect(request: Request, turn: Turn) -> None:
-    """Cancel `turn` when the client goes away: a non-streamed answer nobody will read must
+async def _until_disconnect(request: Request, turns: list[Turn]) -> None:
+    """Cancel the turns when the client goes away: a non-streamed answer nobody will read must
     not keep a batch slot until max_tokens."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-    turn.cancel()
+    for turn in turns:
+        turn.cancel()
 
 
 @router.post("/chat/completions", responses={**GENERATION_ERRORS, 200: {
@@ -145,6 +146,9 @@ async def chat_completions(body: ChatRequest, request: Request,
     # a long prompt, the chooser's embedding, retrieval: not on the loop
     turn: Turn = await run_in_threadpool(
         st.assistant.turn, TurnRequest(messages, params, body.model, rag), authorize)
+    # `n` choices: the same prepared prompt, each its own sampling seed; the engine batches them
+    turns = [turn] + [turn.fork(None if body.seed is None else body.seed + i)
+                      for i in range(1, body.n)]
     ref = turn.ref
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     labels = {"adapter": ref.label if ref.adapter else "", "collection": turn.collection or ""}
@@ -164,94 +168,149 @@ async def chat_completions(body: ChatRequest, request: Request,
         if turn.refusal:
             m.refusals.labels(collection=labels["collection"]).inc()
 
-    def extra(answer: Answer) -> dict[str, Any]:
-        return {"citations": answer.citations,
-                "ragtune": {**answer.used, "invalid_citations": answer.invalid_citations}}
-
-    turn.start(loop=asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    for t in turns:
+        t.start(loop=loop)
     started = time.monotonic()
 
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        head = {"id": cid, "object": "chat.completion.chunk", "created": created,
+                "model": ref.label}
 
-        def chunk(delta: dict, finish: str | None = None, logprobs: list | None = None,
-                  **more: Any) -> str:
+        def chunk(index: int, delta: dict, finish: str | None = None,
+                  logprobs: list | None = None, **more: Any) -> str:
             lp = {"content": logprobs or [], "refusal": None} if params.logprobs else None
-            obj = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                   "model": ref.label, "choices": [{"index": 0, "delta": delta,
-                                                    "finish_reason": finish, "logprobs": lp}],
-                   **more}
+            obj = {**head, "choices": [{"index": index, "delta": delta, "finish_reason": finish,
+                                        "logprobs": lp}], **more}
             return f"data: {json.dumps(obj)}\n\n"
 
         calls_only = params.response_format == "tools"  # parsed at the end, then sent
 
         async def events():
-            first, answer = True, None
+            first, answers = True, {}
             try:
-                yield chunk({"role": "assistant", "content": ""})
-                async for ev in turn.aevents():
+                for i in range(len(turns)):
+                    yield chunk(i, {"role": "assistant", "content": ""})
+                async for i, ev in _merged(turns):
                     if ev.answer is not None:
-                        answer = ev.answer
+                        answer = answers[i] = ev.answer
+                        if answer.finish_reason in ("timeout", "error"):
+                            err = {"message": f"generation {answer.finish_reason}", "type":
+                                   "timeout_error" if answer.finish_reason == "timeout"
+                                   else "server_error"}
+                            yield f"data: {json.dumps({'error': err})}\n\n"
+                            yield "data: [DONE]\n\n"
+                            return
+                        record(answer)
+                        finish = answer.finish_reason
+                        if calls_only:
+                            message, finish = _message(answer, params)
+                            if message["content"]:
+                                yield chunk(i, {"content": message["content"]})
+                            if message.get("tool_calls"):
+                                yield chunk(i, {"tool_calls": [{"index": k, **c} for k, c in
+                                                               enumerate(message["tool_calls"])]})
+                        yield chunk(i, {}, finish, **_extra(answer))
                     elif ev.text or ev.logprobs:  # a held-back piece still has its tokens
                         if first and not turn.refusal:
                             st.metrics.ttft.labels(adapter=labels["adapter"]).observe(
                                 time.monotonic() - started)
                         first = False
                         if not calls_only:
-                            yield chunk({"content": ev.text}, logprobs=ev.logprobs)
-                if answer.finish_reason in ("timeout", "error"):
-                    err = {"message": f"generation {answer.finish_reason}", "type":
-                           "timeout_error" if answer.finish_reason == "timeout" else "server_error"}
-                    yield f"data: {json.dumps({'error': err})}\n\n"
-                    yield "data: [DONE]\n\n"
-                    return
-                record(answer)
-                finish = answer.finish_reason
-                if calls_only:
-                    message, finish = _message(answer, params)
-                    if message["content"]:
-                        yield chunk({"content": message["content"]})
-                    if message.get("tool_calls"):
-                        yield chunk({"tool_calls": [{"index": i, **c} for i, c in
-                                                    enumerate(message["tool_calls"])]})
-                yield chunk({}, finish, **extra(answer))
+                            yield chunk(i, {"content": ev.text}, logprobs=ev.logprobs)
                 if include_usage:
-                    yield (f"data: {json.dumps({'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': ref.label, 'choices': [], 'usage': answer.usage})}\n\n")  # noqa: E501
+                    usage = _usage([answers[i] for i in sorted(answers)])
+                    yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n"
                 yield "data: [DONE]\n\n"
             except RagtuneError as e:  # a backend's error after the stream began: say it, end it
                 err = {"message": str(e), "type": e.kind}
                 yield f"data: {json.dumps({'error': err})}\n\n"
                 yield "data: [DONE]\n\n"
             finally:
-                turn.cancel()  # a client that went away stops its generation
+                for t in turns:
+                    t.cancel()  # a client that went away stops its generations
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    async def collect() -> Answer:
-        async for ev in turn.aevents():
+    async def collect(t: Turn) -> Answer:
+        async for ev in t.aevents():
             if ev.answer is not None:
                 return ev.answer
         raise AssertionError("a turn always ends with its answer")
 
-    watcher = asyncio.create_task(_until_disconnect(request, turn))
+    watcher = asyncio.create_task(_until_disconnect(request, turns))
     try:
-        answer = await asyncio.wait_for(collect(), st.settings.request_timeout + 5)
+        answers = await asyncio.wait_for(asyncio.gather(*(collect(t) for t in turns)),
+                                         st.settings.request_timeout + 5)
     except TimeoutError:
         raise GenerationTimeout("the generation took longer than RAGTUNE_REQUEST_TIMEOUT") from None
     finally:
         watcher.cancel()
-        turn.cancel()
-    if answer.finish_reason == "timeout":
-        raise GenerationTimeout(
-            f"the generation took longer than {st.settings.request_timeout:.0f}s "
-            "(RAGTUNE_REQUEST_TIMEOUT): lower max_tokens or retry when the server is less busy")
-    if answer.finish_reason == "error":
-        raise RuntimeError("generation failed; the server log says why")
-    record(answer)
-    message, finish = _message(answer, params)
+        for t in turns:
+            t.cancel()
+    for answer in answers:
+        if answer.finish_reason == "timeout":
+            raise GenerationTimeout(
+                f"the generation took longer than {st.settings.request_timeout:.0f}s "
+                "(RAGTUNE_REQUEST_TIMEOUT): lower max_tokens or retry when the server is less "
+                "busy")
+        if answer.finish_reason == "error":
+            raise RuntimeError("generation failed; the server log says why")
+        record(answer)
+    choices = []
+    for i, answer in enumerate(answers):
+        message, finish = _message(answer, params)
+        choices.append({"index": i, "message": message, "finish_reason": finish,
+                        "logprobs": {"content": answer.logprobs, "refusal": None}
+                        if params.logprobs else None,
+                        **({"citations": answer.citations} if len(answers) > 1 else {})})
     return {"id": cid, "object": "chat.completion", "created": created, "model": ref.label,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish,
-                         "logprobs": {"content": answer.logprobs, "refusal": None}
-                         if params.logprobs else None}],
-            "usage": answer.usage, **extra(answer)}
+            "choices": choices, "usage": _usage(answers), **_extra(answers[0])}
+
+
+def _extra(answer: Answer) -> dict[str, Any]:
+    """ragtune's fields beside OpenAI's: the citations and what the turn used."""
+    return {"citations": answer.citations,
+            "ragtune": {**answer.used, "invalid_citations": answer.invalid_citations}}
+
+
+def _usage(answers: list[Answer]) -> dict[str, int]:
+    """One prompt, every choice's completion tokens (as OpenAI counts `n` choices)."""
+    prompt = answers[0].usage["prompt_tokens"] if answers else 0
+    completion = sum(a.usage["completion_tokens"] for a in answers)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+async def _merged(turns: list[Turn]) -> Any:
+    """(choice index, event) from every turn as they come; each turn's events in order."""
+    if len(turns) == 1:
+        async for ev in turns[0].aevents():
+            yield 0, ev
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, t: Turn) -> None:
+        try:
+            async for ev in t.aevents():
+                await queue.put((i, ev, None))
+        except Exception as e:  # handed to the reader, raised there
+            await queue.put((i, None, e))
+        await queue.put((i, None, None))
+
+    tasks = [asyncio.create_task(pump(i, t)) for i, t in enumerate(turns)]
+    try:
+        left = len(turns)
+        while left:
+            i, ev, error = await queue.get()
+            if error is not None:
+                raise error
+            if ev is None:
+                left -= 1
+                continue
+            yield i, ev
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -159,3 +159,29 @@ def test_logprobs_plain_and_streamed(client):
             streamed += c.choices[0].logprobs.content
     assert [e.token for e in streamed] == [e.token for e in entries]  # greedy: the same tokens
     assert [round(e.logprob, 4) for e in streamed] == [round(e.logprob, 4) for e in entries]
+
+
+def test_n_choices_come_from_one_prompt_each_with_its_own_seed(client, served):  # noqa: F811
+    r = client.chat.completions.create(model="base", messages=ASK, max_tokens=6, n=3,
+                                       temperature=1.0, seed=7)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    texts = [c.message.content for c in r.choices]
+    assert len(set(texts)) > 1  # seeds 7, 8, 9 at temperature 1 on a random model
+    assert r.usage.completion_tokens == 18 and r.usage.prompt_tokens > 0  # one prompt counted
+    again = client.chat.completions.create(model="base", messages=ASK, max_tokens=6, n=2,
+                                           temperature=1.0, seed=8)
+    assert again.choices[0].message.content == texts[1]  # choice i uses seed + i
+    streamed: dict[int, str] = {}
+    finishes = {}
+    for c in client.chat.completions.create(model="base", messages=ASK, max_tokens=6, n=3,
+                                            temperature=1.0, seed=7, stream=True):
+        for ch in c.choices:
+            streamed[ch.index] = streamed.get(ch.index, "") + (ch.delta.content or "")
+            if ch.finish_reason:
+                finishes[ch.index] = ch.finish_reason
+    assert [streamed[i].strip() for i in range(3)] == texts and set(finishes) == {0, 1, 2}
+    tools = client.chat.completions.create(model="base", messages=ASK, tools=TOOLS, n=2,
+                                           tool_choice="required", max_tokens=60)
+    for c in tools.choices:
+        for call in c.message.tool_calls:
+            check(call)
