@@ -84,24 +84,26 @@ def to_messages(obj: Any) -> tuple[str, list[dict[str, str]]]:
         msgs = obj["messages"]
         if not isinstance(msgs, list) or not msgs:
             raise ValueError("'messages' must be a non-empty list")
-        tools = "tools" in obj or "functions" in obj or any(
-            isinstance(m, dict) and ("tool_calls" in m or "function_call" in m
-                                     or m.get("role") in ("tool", "function")) for m in msgs)
-        if tools:
-            raise ValueError("tool calls (tools, tool_calls or a tool message) are not trained "
-                             "yet: ragtune does not serve tool calls; drop the line, or its "
-                             "tool turns")
-        out = []
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict) or "role" not in m:
-                raise ValueError(f"message {i} has no 'role'")
-            if not isinstance(m["role"], str) or m["role"] not in ROLES:
-                raise ValueError(f"message {i} has unknown role {m['role']!r} (use {sorted(ROLES)})")
-            content = m.get("content")
-            if not isinstance(content, str) or not content.strip():
-                raise ValueError(f"message {i} ({m['role']}) has empty content")
-            out.append({"role": m["role"], "content": content})
-        fmt = "chat"
+        if "functions" in obj or any(isinstance(m, dict) and ("function_call" in m or
+                                                             m.get("role") == "function")
+                                     for m in msgs):
+            raise ValueError("legacy function calling (functions, function_call): write the "
+                             "line with tools and tool_calls, OpenAI's current format")
+        if "tools" in obj or any(isinstance(m, dict) and ("tool_calls" in m or
+                                                          m.get("role") == "tool") for m in msgs):
+            out, fmt = _tool_messages(obj), "chat-tools"
+        else:
+            out, fmt = [], "chat"
+            for i, m in enumerate(msgs):
+                if not isinstance(m, dict) or "role" not in m:
+                    raise ValueError(f"message {i} has no 'role'")
+                if not isinstance(m["role"], str) or m["role"] not in ROLES:
+                    raise ValueError(f"message {i} has unknown role {m['role']!r} (use "
+                                     f"{sorted(ROLES)})")
+                content = m.get("content")
+                if not isinstance(content, str) or not content.strip():
+                    raise ValueError(f"message {i} ({m['role']}) has empty content")
+                out.append({"role": m["role"], "content": content})
     elif "prompt" in obj and "completion" in obj:
         out = [{"role": "user", "content": _text(obj, "prompt")},
                {"role": "assistant", "content": _text(obj, "completion")}]
@@ -128,6 +130,44 @@ def to_messages(obj: Any) -> tuple[str, list[dict[str, str]]]:
     if out[-1]["role"] != "assistant":
         raise ValueError("the last message is not from the assistant")
     return fmt, out
+
+
+def _tool_messages(obj: dict[str, Any]) -> list[dict[str, str]]:
+    """A line in OpenAI's fine-tuning format with tools: the messages as the server renders
+    them (platform/tools.py: the tools in the system message, calls as `<tool_call>` text,
+    results as `<tool_response>` turns), so the adapter learns the format it is served with."""
+    from ragtune.platform.errors import RagtuneError
+    from ragtune.platform.tools import plain_messages
+
+    tools = obj.get("tools") or []
+    if not isinstance(tools, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("function"), dict)
+            and isinstance(t["function"].get("name"), str) for t in tools):
+        raise ValueError("'tools' must be a list of {\"type\": \"function\", \"function\": "
+                         "{\"name\", \"parameters\"}}")
+    msgs = []
+    for i, m in enumerate(obj["messages"]):
+        if not isinstance(m, dict) or m.get("role") not in ROLES | {"tool"}:
+            raise ValueError(f"message {i} has no known role (use {sorted(ROLES | {'tool'})})")
+        calls = m.get("tool_calls")
+        if calls is not None and (m["role"] != "assistant" or not isinstance(calls, list) or not
+                                  all(isinstance(c, dict) and isinstance(c.get("function"), dict)
+                                      for c in calls)):
+            raise ValueError(f"message {i}: tool_calls belong to assistant messages, as a list "
+                             "of {\"id\", \"type\": \"function\", \"function\": {\"name\", "
+                             "\"arguments\"}}")
+        content = m.get("content")
+        if content is not None and not isinstance(content, str):
+            raise ValueError(f"message {i} ({m['role']}): content must be text")
+        if not calls and not (content or "").strip():
+            raise ValueError(f"message {i} ({m['role']}) has empty content")
+        msgs.append({"role": m["role"], "content": content, "tool_calls": calls,
+                     "tool_call_id": m.get("tool_call_id")})
+    try:
+        out = plain_messages(msgs, tools, "auto")
+    except RagtuneError as e:
+        raise ValueError(str(e)) from None
+    return out
 
 
 def _norm(messages: list[dict[str, str]]) -> str:

@@ -104,23 +104,31 @@ def test_only_assistant_tokens_carry_loss(tok):
     assert "What is 2+2?" in ignored and "Reply in JSON." in ignored and "answer" not in ignored
 
 
-@pytest.mark.parametrize("line", [
-    {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
-     "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
-    {"messages": [{"role": "user", "content": "q"},
-                  {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
-                                                        "function": {"name": "f",
-                                                                     "arguments": "{}"}}]},
-                  {"role": "tool", "tool_call_id": "c", "content": "1"},
-                  {"role": "assistant", "content": "a"}]},
-])
-def test_tool_lines_are_refused_by_line_saying_why(tok, tmp_path, line):
+TOOL_LINE = {
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+    "messages": [{"role": "user", "content": "q"},
+                 {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                                                       "function": {"name": "f",
+                                                                    "arguments": '{"x": 1}'}}]},
+                 {"role": "tool", "tool_call_id": "c", "content": "1"},
+                 {"role": "assistant", "content": "a"}]}
+
+
+def test_tool_lines_train_in_the_served_tool_format(tok, tmp_path):
+    legacy = {"messages": [{"role": "user", "content": "q"},
+                           {"role": "assistant", "function_call": {"name": "f"}}]}
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in [
         {"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]},
-        line,
+        TOOL_LINE, legacy,
         {"messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]},
     ]) + "\n")
     report = load_examples(path, tok)
-    assert [n for n, _ in report.problems] == [2]
-    assert "tool calls" in report.problems[0][1] and "not trained yet" in report.problems[0][1]
+    assert [n for n, _ in report.problems] == [3] and "tool_calls" in report.problems[0][1]
+    assert report.formats == {"chat": 2, "chat-tools": 1}
+    (ex,) = [e for e in report.train + report.val if e.line == 2]
+    assert [m["role"] for m in ex.messages] == ["system", "user", "assistant", "user", "assistant"]
+    assert ex.messages[2]["content"] == '<tool_call>{"name": "f", "arguments": {"x": 1}}</tool_call>'
+    ids, labels = encode(tok, ex.messages)  # the call is an assistant turn: it carries loss
+    learned = tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab != -100])
+    assert "<tool_call>" in learned and "tool_response" not in learned
