@@ -31,6 +31,8 @@ from ragtune.generate.grammar import closing_reserve
 from ragtune.generate.handle import Handle
 from ragtune.platform.errors import OverloadedError
 from ragtune.platform.settings import Settings
+from ragtune.platform.tools import CLOSE as TOOL_CLOSE
+from ragtune.platform.tools import OPEN as TOOL_OPEN
 from ragtune.platform.types import GenEvent, GenParams
 
 log = logging.getLogger("ragtune.engine")
@@ -333,10 +335,11 @@ class Batcher:
         if r.matcher is not None:
             g = self.grammars()
             g.mask_(row, r.matcher, r.bitmask)
-            if _closable(p) and len(r.generated) >= p.max_tokens - closing_reserve(
-                    p.max_tokens, p.json_schema):
-                r.forced = True
-                return g.closing_choice(row, self.tokenizer.decode(r.generated))
+            if len(r.generated) >= p.max_tokens - closing_reserve(p.max_tokens, p.json_schema):
+                text = self.tokenizer.decode(r.generated)
+                if _closable(p, text):
+                    r.forced = True
+                    return g.closing_choice(row, text)
         if p.temperature <= 0 or r.rng is None:
             return int(torch.argmax(row[0]))
         probs = torch.softmax(row[0] / p.temperature, dim=-1)
@@ -419,11 +422,14 @@ def _join(state: dict[str, Any], cache: Any, mask: torch.Tensor, names: list[str
     state["names"] = state["names"] + names
 
 
-def _closable(p: GenParams) -> bool:
-    """Whether a constrained answer is steered closed near its budget's end: JSON answers, and
-    answers that are tool calls only (in `auto` mode free text may come first: left alone)."""
+def _closable(p: GenParams, text: str) -> bool:
+    """Whether a constrained answer is steered closed near its budget's end: JSON answers,
+    answers that are tool calls only, and in `auto` mode a call that has begun (free text
+    before it is left alone)."""
     if p.response_format == "tools":
-        return (p.tool_grammar or {}).get("format", {}).get("type") == "tags_with_separator"
+        if (p.tool_grammar or {}).get("format", {}).get("type") == "tags_with_separator":
+            return True
+        return text.count(TOOL_OPEN) > text.count(TOOL_CLOSE)
     return True
 
 
