@@ -152,8 +152,7 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
     st.assistant = Assistant(engine, settings, retrievers=st.collection,
                              chooser=PlanChooser(settings, st.query_router, st.embed))
     st.files = FileStore(settings.files_dir)
-    st.fine_tuning = FineTuning(settings, st.files, getattr(engine, "model_name", settings.generator),
-                                _base_dir(engine, settings))
+    st.fine_tuning = FineTuning(settings, st.files, engine.model_name, _base_dir(engine, settings))
     app.state.ragtune = st
     app.include_router(chat.router)
     app.include_router(models.router)
@@ -258,8 +257,12 @@ def _base_dir(engine: Any, settings: Settings) -> Any:
     """The served base model's folder (or GGUF file): an ft: name may use its name."""
     from pathlib import Path
 
-    found = getattr(engine, "base_dir", None)
-    return Path(found) if found is not None else Path(str(settings.generator))
+    from ragtune.platform.models import resolve_generator
+
+    try:
+        return resolve_generator(engine.model_name, settings)
+    except RagtuneError:  # a model not imported yet (vLLM serves it): its name is its id
+        return Path(str(engine.model_name))
 
 
 def _version() -> str:

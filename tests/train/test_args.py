@@ -162,6 +162,7 @@ def api(tmp_path):
 
     class NoEngine:
         running = 0
+        model_name = "served-base"
 
         def queue_depth(self):  # noqa: ANN201
             return 0
