@@ -25,7 +25,7 @@ from ragtune.platform.errors import RagtuneError
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 # a call; the last one may lack its end tag (its JSON was closed as the token budget ran out)
-CALL = re.compile(re.escape(OPEN) + r"(.*?)(?:" + re.escape(CLOSE) + r"|<?/?\Z)", re.S)
+CALL = re.compile(re.escape(OPEN) + r"(.*?)(?:" + re.escape(CLOSE) + r"|<?/?[a-z_]*\Z)", re.S)
 NO_PARAMETERS = {"type": "object", "properties": {}, "additionalProperties": False}
 
 

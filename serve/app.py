@@ -115,6 +115,7 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
         fine_tuning,
         jobs,
         models,
+        responses,
         route,
         ui,
     )
@@ -155,6 +156,7 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
     st.fine_tuning = FineTuning(settings, st.files, engine.model_name, _base_dir(engine, settings))
     app.state.ragtune = st
     app.include_router(chat.router)
+    app.include_router(responses.router)
     app.include_router(models.router)
     app.include_router(embeddings.router)
     app.include_router(collections.router)

@@ -39,6 +39,15 @@ MATRIX = {
     "POST /v1/chat/completions": (
         ("POST", "/v1/chat/completions", {"json": CHAT}),
         dict(none=401, wrong=401, query=200, other=403, ingest=403, admin=200)),
+    "POST /v1/responses": (
+        ("POST", "/v1/responses", {"json": {"model": "base", "input": "q", "max_output_tokens": 1,
+                                            "tools": [{"type": "file_search",
+                                                       "vector_store_ids": ["docs"]}]}}),
+        dict(none=401, wrong=401, query=200, other=403, ingest=403, admin=200)),
+    **{f"{m} /v1/responses/{{response_id}}{tail}": (
+        (m, f"/v1/responses/resp_{'0' * 32}{tail}", {}),
+        dict(none=401, wrong=401, query=404, other=404, ingest=403, admin=404))
+       for m, tail in (("GET", ""), ("DELETE", ""), ("GET", "/input_items"))},
     "POST /v1/embeddings": (
         ("POST", "/v1/embeddings", {"json": {"model": "all-MiniLM-L6-v2", "input": "hello"}}),
         dict(none=401, wrong=401, query=200, other=200, ingest=403, admin=200)),
