@@ -187,3 +187,23 @@ def test_annotations_point_at_the_cited_sources():
     assert got[0]["index"] == len("It costs 10 EUR ") and got[1]["index"] == len(
         "It costs 10 EUR [1].")
     assert all(a["file_id"].startswith("file-") and "/" not in a["file_id"] for a in got)
+
+
+def test_langchain_speaks_the_responses_api(served):  # noqa: F811
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel as Schema
+
+    class GetWeather(Schema):
+        """The forecast for a city."""
+
+        city: str
+
+    llm = ChatOpenAI(base_url=served.url + "/v1", api_key="unused", model="base",
+                     use_responses_api=True, max_tokens=60, max_retries=0)
+    assert llm.invoke("hi").content[0]["type"] == "text"
+    (call,) = llm.bind_tools([GetWeather], tool_choice="any").invoke("Paris?").tool_calls[:1]
+    assert call["name"] == "GetWeather" and isinstance(call["args"]["city"], str)
+    streamed = None
+    for piece in llm.stream("hello"):
+        streamed = piece if streamed is None else streamed + piece
+    assert streamed.content[0]["text"]
