@@ -118,6 +118,7 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
         responses,
         route,
         ui,
+        vector_stores,
     )
 
     keys = Keys(settings.keys_file)
@@ -164,6 +165,7 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
     app.include_router(jobs.router)
     app.include_router(files.router)
     app.include_router(fine_tuning.router)
+    app.include_router(vector_stores.router)
     app.include_router(route.router)
     app.include_router(ui.router)  # the web page at /
 

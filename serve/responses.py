@@ -203,8 +203,19 @@ def _where(filters: Any) -> dict[str, str] | None:
 
 
 def file_id(source: str) -> str:
-    """A document's id in annotations: stable per source, without the server's paths."""
-    return "file-" + hashlib.sha256(source.encode()).hexdigest()[:24]
+    """A chunk's file: the `/v1/files` id a vector store stored it under, else an id stable
+    per source that does not show the server's paths."""
+    from ragtune.serve.vector_stores import stored_file
+
+    stored = stored_file(source)
+    return stored[0] if stored else "file-" + hashlib.sha256(source.encode()).hexdigest()[:24]
+
+
+def file_name(source: str) -> str:
+    from ragtune.serve.vector_stores import stored_file
+
+    stored = stored_file(source)
+    return stored[1] if stored else source.replace("\\", "/").rsplit("/", 1)[-1]
 
 
 def annotations(text: str, citations: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -215,14 +226,13 @@ def annotations(text: str, citations: list[dict[str, Any]]) -> list[dict[str, An
             continue
         at = text.find(f"[{c['index']}]") if c.get("index") else -1
         out.append({"type": "file_citation", "file_id": file_id(c["source"]),
-                    "filename": c["source"].replace("\\", "/").rsplit("/", 1)[-1],
+                    "filename": file_name(c["source"]),
                     "index": at if at >= 0 else len(text)})
     return out
 
 
 def search_results(citations: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"file_id": file_id(c["source"]),
-             "filename": c["source"].replace("\\", "/").rsplit("/", 1)[-1],
+    return [{"file_id": file_id(c["source"]), "filename": file_name(c["source"]),
              "score": c["score"], "text": c["text"],
              "attributes": {"chunk_id": c["chunk_id"], "position": c["position"],
                             **({"ingested_at": c["ingested_at"]} if c["ingested_at"] else {})}}

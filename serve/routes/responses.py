@@ -25,6 +25,7 @@ from ragtune.serve.deps import principal, state
 from ragtune.serve.filestore import page
 from ragtune.serve.routes.files import owner_scope
 from ragtune.serve.schemas import GENERATION_ERRORS
+from ragtune.serve.vector_stores import VectorStores
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -141,7 +142,8 @@ async def create_response(request: Request, body: dict[str, Any] = Body(
     rag = None
     if search is not None:
         collection, k, mode, where = R.search_spec(search)
-        rag = RagSpec(collection, k, mode, where)
+        stores = VectorStores(st.settings.home / "vector_stores")
+        rag = RagSpec(stores.collection_of(collection), k, mode, where)
 
     def authorize(adapter: str | None, collection: str | None) -> None:
         who.need_adapter(adapter)

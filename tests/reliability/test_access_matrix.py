@@ -94,6 +94,28 @@ MATRIX = {
     "DELETE /v1/files/{file_id}": (("DELETE", "/v1/files/file-missing", {}),
                                    dict(none=401, wrong=401, query=403, other=403, ingest=404,
                                         admin=404)),
+    # vector stores: changing needs ingest, reading query (a missing store: 404 once let in)
+    "POST /v1/vector_stores": (
+        ("POST", "/v1/vector_stores", {"json": {"name": "m", "ragtune": {"collection": "docs"}}}),
+        dict(none=401, wrong=401, query=403, other=403, ingest=200, admin=200)),
+    "GET /v1/vector_stores": (("GET", "/v1/vector_stores", {}),
+                              dict(none=401, wrong=401, query=200, other=200, ingest=403,
+                                   admin=200)),
+    **{f"{m} /v1/vector_stores/{{vs_id}}{rule}": (
+        (m, f"/v1/vector_stores/vs_{'0' * 24}{tail}", {"json": body} if m == "POST" else {}),
+        dict(none=401, wrong=401, query=404 if scope == "query" else 403,
+             other=404 if scope == "query" else 403, ingest=404 if scope == "ingest" else 403,
+             admin=404))
+       for m, rule, tail, body, scope in (
+           ("GET", "", "", None, "query"), ("POST", "", "", {"name": "n"}, "ingest"),
+           ("DELETE", "", "", None, "ingest"),
+           ("POST", "/files", "/files", {"file_id": "file-x"}, "ingest"),
+           ("GET", "/files", "/files", None, "query"),
+           ("GET", "/files/{file_id}", "/files/file-x", None, "query"),
+           ("DELETE", "/files/{file_id}", "/files/file-x", None, "ingest"),
+           ("POST", "/file_batches", "/file_batches", {"file_ids": ["file-x"]}, "ingest"),
+           ("GET", "/file_batches/{batch_id}", "/file_batches/vsfb_x", None, "query"),
+           ("POST", "/search", "/search", {"query": "q"}, "query"))},
     "POST /v1/fine_tuning/jobs": (
         ("POST", "/v1/fine_tuning/jobs", {"json": {"model": "base", "training_file": "file-x"}}),
         dict(none=401, wrong=401, query=403, other=403, ingest=403, admin=400)),

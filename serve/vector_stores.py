@@ -1,0 +1,128 @@
+"""Vector stores, as OpenAI's API has them, over ragtune collections.
+
+A vector store is a collection (`vs-<id>`, made for it, or an existing one exposed with
+`ragtune: {"collection": NAME}`) and a record, `RAGTUNE_HOME/vector_stores/<vs_id>.json`: its
+name, metadata and files. Attaching a file (`/v1/files`, purpose `assistants` or `user_data`)
+copies it into `uploads/<collection>/<file id>__<its name>` and ingests it there in the
+server's job worker, incrementally like any upload; the file's status moves `in_progress` ->
+`completed` | `failed` (with `last_error`). Search and `file_search` read the collection, and
+name a chunk's file by the id in its stored name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ragtune.platform.errors import NotFoundError, RagtuneError
+from ragtune.platform.files import write_json
+
+STORED = re.compile(r"^(file-[a-f0-9]{24})__(.+)$")  # uploads/<collection>/<file id>__<name>
+
+
+def stored_file(source: str) -> tuple[str, str] | None:
+    """(file id, file name) for a chunk source that a vector store file was stored as."""
+    m = STORED.match(source.replace("\\", "/").rsplit("/", 1)[-1])
+    return (m[1], m[2]) if m else None
+
+
+class VectorStores:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._lock = threading.RLock()
+
+    def _path(self, vs_id: str) -> Path:
+        if not re.fullmatch(r"vs_[a-f0-9]{24}", vs_id or ""):
+            raise NotFoundError(f"no vector store {vs_id!r}: GET /v1/vector_stores lists them")
+        return self.folder / f"{vs_id}.json"
+
+    def load(self, vs_id: str) -> dict[str, Any]:
+        try:
+            return json.loads(self._path(vs_id).read_text())
+        except FileNotFoundError:
+            raise NotFoundError(f"no vector store {vs_id!r}: GET /v1/vector_stores lists them"
+                                ) from None
+
+    def save(self, rec: dict[str, Any]) -> None:
+        with self._lock:
+            write_json(self._path(rec["id"]), rec)
+
+    def create(self, name: str | None, metadata: dict[str, str] | None, collection: str | None,
+               owner: str) -> dict[str, Any]:
+        vs_id = f"vs_{secrets.token_hex(12)}"
+        rec = {"id": vs_id, "object": "vector_store", "created_at": int(time.time()),
+               "name": name or "", "metadata": metadata or {}, "_files": {}, "_batches": {},
+               "_collection": collection or f"vs-{vs_id[3:]}", "_made": collection is None,
+               "_owner": owner}
+        self.save(rec)
+        return rec
+
+    def records(self) -> list[dict[str, Any]]:
+        out = []
+        if self.folder.is_dir():
+            for p in self.folder.glob("vs_*.json"):
+                try:
+                    out.append(json.loads(p.read_text()))
+                except (OSError, ValueError):
+                    continue
+        return sorted(out, key=lambda r: (r["created_at"], r["id"]))
+
+    def collection_of(self, vs_id: str) -> str:
+        """The collection a `vs_...` id names; any other id is a collection's own name."""
+        return self.load(vs_id)["_collection"] if vs_id.startswith("vs_") else vs_id
+
+    def update_file(self, vs_id: str, file_id: str, **fields: Any) -> dict[str, Any]:
+        with self._lock:
+            rec = self.load(vs_id)
+            rec["_files"][file_id].update(fields)
+            self.save(rec)
+            return rec
+
+    def delete(self, vs_id: str) -> dict[str, Any]:
+        with self._lock:
+            rec = self.load(vs_id)
+            self._path(vs_id).unlink()
+            return rec
+
+
+def public(rec: dict[str, Any]) -> dict[str, Any]:
+    """The vector_store object OpenAI's clients read."""
+    files = rec["_files"].values()
+    counts = {s: sum(f["status"] == s for f in files)
+              for s in ("in_progress", "completed", "failed", "cancelled")}
+    counts["total"] = len(rec["_files"])
+    return {"id": rec["id"], "object": "vector_store", "created_at": rec["created_at"],
+            "name": rec["name"], "metadata": rec["metadata"], "file_counts": counts,
+            "status": "in_progress" if counts["in_progress"] else "completed",
+            "usage_bytes": sum(f["usage_bytes"] for f in files if f["status"] == "completed"),
+            "last_active_at": rec.get("last_active_at", rec["created_at"]),
+            "expires_after": None, "expires_at": None}
+
+
+def file_object(rec: dict[str, Any], file_id: str) -> dict[str, Any]:
+    f = rec["_files"].get(file_id)
+    if f is None:
+        raise NotFoundError(f"vector store {rec['id']} has no file {file_id!r}")
+    return {"id": file_id, "object": "vector_store.file", "created_at": f["created_at"],
+            "vector_store_id": rec["id"], "status": f["status"], "last_error": f["last_error"],
+            "usage_bytes": f["usage_bytes"] if f["status"] == "completed" else 0,
+            "attributes": f.get("attributes") or {},
+            "chunking_strategy": {"type": "static", "static": {
+                "max_chunk_size_tokens": f["chunk_tokens"], "chunk_overlap_tokens": f["overlap"]}}}
+
+
+def check_metadata(metadata: Any, param: str = "metadata") -> dict[str, str] | None:
+    if metadata is None:
+        return None
+    ok = isinstance(metadata, dict) and len(metadata) <= 16 and all(
+        isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
+        for k, v in metadata.items())
+    if not ok:
+        raise RagtuneError(f"{param}: at most 16 pairs of text (keys up to 64 characters, values "
+                           "up to 512)", param=param)
+    return metadata

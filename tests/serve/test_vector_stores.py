@@ -1,0 +1,91 @@
+"""Vector stores over collections, through the official `openai` SDK against a real server:
+files uploaded with the Files API are ingested into the store's collection, searched, and found
+by `file_search` in the Responses API under their own file ids."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.serve.test_api import served  # noqa: F401  (the module's server: tiny model, docs)
+
+
+@pytest.fixture
+def client(served):  # noqa: F811
+    return openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_a_store_ingests_files_searches_them_and_file_search_cites_them(client, served):  # noqa: F811
+    store = client.vector_stores.create(name="handbook", metadata={"team": "support"})
+    assert store.object == "vector_store" and store.file_counts.total == 0
+    refund = client.files.create(file=("refunds.md", b"# Refunds\n\nRefunds are paid within "
+                                       b"14 days of a return.\n"), purpose="assistants")
+    ship = client.files.create(file=("shipping.md", b"# Shipping\n\nParcels to Norway take six "
+                                     b"working days.\n"), purpose="user_data")
+    done = client.vector_stores.files.create_and_poll(vector_store_id=store.id,
+                                                      file_id=refund.id, poll_interval_ms=200)
+    assert done.status == "completed" and done.usage_bytes == refund.bytes
+    batch = client.vector_stores.file_batches.create_and_poll(
+        vector_store_id=store.id, file_ids=[ship.id], poll_interval_ms=200)
+    assert batch.status == "completed" and batch.file_counts.completed == 1
+    store = client.vector_stores.retrieve(store.id)
+    assert store.file_counts.completed == 2 and store.status == "completed"
+    assert store.usage_bytes == refund.bytes + ship.bytes
+    found = client.vector_stores.search(store.id, query="How long do refunds take?",
+                                        max_num_results=1)
+    (hit,) = found.data
+    assert hit.file_id == refund.id and hit.filename == "refunds.md"
+    assert "14 days" in hit.content[0].text and hit.attributes["ingested_at"] > 0
+    r = client.responses.create(
+        model="base", input="How long do refunds take?", max_output_tokens=4,
+        tools=[{"type": "file_search", "vector_store_ids": [store.id], "max_num_results": 1}],
+        include=["file_search_call.results"])
+    assert r.output[0].results[0].file_id == refund.id
+    # an existing collection exposed as a store
+    docs = httpx.post(served.url + "/v1/vector_stores", json={
+        "name": "docs", "ragtune": {"collection": "docs"}}).json()
+    assert client.vector_stores.search(docs["id"], query="Basic plan").data
+    # update, detach, delete: the store's own collection goes, the exposed one stays
+    assert client.vector_stores.update(store.id, name="renamed").name == "renamed"
+    assert client.vector_stores.files.delete(file_id=ship.id, vector_store_id=store.id).deleted
+    assert [f.id for f in client.vector_stores.files.list(store.id)] == [refund.id]
+    assert not any(h.file_id == ship.id for h in client.vector_stores.search(
+        store.id, query="Parcels to Norway").data)
+    assert client.vector_stores.delete(store.id).deleted
+    assert not (served.settings.collections_dir / f"vs-{store.id[3:]}").exists()
+    assert client.vector_stores.delete(docs["id"]).deleted
+    assert (served.settings.collections_dir / "docs").exists()
+    with pytest.raises(openai.NotFoundError):
+        client.vector_stores.retrieve(store.id)
+
+
+def test_a_file_that_cannot_be_ingested_fails_with_its_reason(client):
+    store = client.vector_stores.create(name="bad")
+    blob = client.files.create(file=("blob.bin", b"\x00\x01binary"), purpose="assistants")
+    f = client.vector_stores.files.create_and_poll(vector_store_id=store.id, file_id=blob.id,
+                                                   poll_interval_ms=200)
+    assert f.status == "failed" and "blob.bin" in f.last_error.message
+    assert client.vector_stores.retrieve(store.id).file_counts.failed == 1
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("", {"name": "x", "expires_after": {"anchor": "last_active_at", "days": 1}},
+     "expires_after"),
+    ("", {"chunking_strategy": {"type": "static"}}, "chunking_strategy"),
+    ("/{vs}/files", {"file_id": "file-nope"}, None),
+    ("/{vs}/files", {"file_id": "{ft}"}, "file_id"),
+    ("/{vs}/files", {"file_id": "{doc}", "attributes": {"year": 2024}}, "attributes"),
+    ("/{vs}/search", {"query": "x", "rewrite_query": True}, "rewrite_query"),
+    ("/{vs}/search", {"query": ""}, "query"),
+])
+def test_what_is_not_served_is_refused_by_name(client, served, path, body, param):  # noqa: F811
+    vs = client.vector_stores.create(name="refusals").id
+    ft = client.files.create(file=("t.jsonl", b'{"messages": [{"role": "user", "content": "q"}, '
+                                   b'{"role": "assistant", "content": "a"}]}\n'),
+                             purpose="fine-tune").id
+    doc = client.files.create(file=("d.md", b"text"), purpose="assistants").id
+    body = {k: (v.format(ft=ft, doc=doc) if isinstance(v, str) else v) for k, v in body.items()}
+    r = httpx.post(served.url + "/v1/vector_stores" + path.format(vs=vs), json=body)
+    assert r.status_code in (400, 404), r.text
+    assert r.json()["error"]["param"] == param
