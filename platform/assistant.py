@@ -388,6 +388,13 @@ class Turn:
         for ev in self._end():
             yield ev
 
+    async def aanswer(self) -> Answer:
+        """Run the turn to its end on the event loop and return the answer."""
+        async for ev in self.aevents():
+            if ev.answer is not None:
+                return ev.answer
+        raise AssertionError("a turn always ends with its answer")
+
     def answer(self) -> Answer:
         """Run the turn to its end on this thread and return the answer."""
         for ev in self.events():

@@ -107,3 +107,12 @@ def principal(request: Request) -> Principal:
         who.need(rule)
     return who
 
+
+
+async def until_disconnect(request: Request, turns: list[Any]) -> None:
+    """Cancel the turns when the client goes away: a non-streamed answer nobody will read must
+    not keep a batch slot until max_tokens."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    for turn in turns:
+        turn.cancel()

@@ -19,7 +19,7 @@ from ragtune.platform.errors import GenerationTimeout, RagtuneError
 from ragtune.platform.json_answer import json_valid
 from ragtune.platform.types import GenParams
 from ragtune.serve.auth import Principal
-from ragtune.serve.deps import principal, state
+from ragtune.serve.deps import principal, state, until_disconnect
 from ragtune.serve.schemas import (
     GENERATION_ERRORS,
     IGNORED_MESSAGE_FIELDS,
@@ -110,15 +110,6 @@ def _message(answer: Answer, params: GenParams) -> tuple[dict[str, Any], str]:
     if calls:
         message["tool_calls"] = calls
     return message, "tool_calls" if calls else answer.finish_reason
-
-
-async def _until_disconnect(request: Request, turns: list[Turn]) -> None:
-    """Cancel the turns when the client goes away: a non-streamed answer nobody will read must
-    not keep a batch slot until max_tokens."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-    for turn in turns:
-        turn.cancel()
 
 
 @router.post("/chat/completions", responses={**GENERATION_ERRORS, 200: {
@@ -234,15 +225,9 @@ async def chat_completions(body: ChatRequest, request: Request,
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    async def collect(t: Turn) -> Answer:
-        async for ev in t.aevents():
-            if ev.answer is not None:
-                return ev.answer
-        raise AssertionError("a turn always ends with its answer")
-
-    watcher = asyncio.create_task(_until_disconnect(request, turns))
+    watcher = asyncio.create_task(until_disconnect(request, turns))
     try:
-        answers = await asyncio.wait_for(asyncio.gather(*(collect(t) for t in turns)),
+        answers = await asyncio.wait_for(asyncio.gather(*(t.aanswer() for t in turns)),
                                          st.settings.request_timeout + 5)
     except TimeoutError:
         raise GenerationTimeout("the generation took longer than RAGTUNE_REQUEST_TIMEOUT") from None

@@ -21,7 +21,7 @@ from ragtune.platform.errors import GenerationTimeout, RagtuneError
 from ragtune.platform.types import GenParams
 from ragtune.serve import responses as R
 from ragtune.serve.auth import Principal
-from ragtune.serve.deps import principal, state
+from ragtune.serve.deps import principal, state, until_disconnect
 from ragtune.serve.filestore import page
 from ragtune.serve.routes.files import owner_scope
 from ragtune.serve.schemas import GENERATION_ERRORS
@@ -196,27 +196,26 @@ async def create_response(request: Request, body: dict[str, Any] = Body(
 
     fs_id, msg_id = R.new_id("fs"), R.new_id("msg")
     if not body.get("stream"):
+        watcher = asyncio.create_task(until_disconnect(request, [turn]))
         try:
-            answer = await asyncio.wait_for(_collect(turn), st.settings.request_timeout + 5)
+            answer = await asyncio.wait_for(turn.aanswer(), st.settings.request_timeout + 5)
         except TimeoutError:
             raise GenerationTimeout("the generation took longer than RAGTUNE_REQUEST_TIMEOUT"
                                     ) from None
         finally:
+            watcher.cancel()
             turn.cancel()
-        if answer.finish_reason in ("timeout", "error"):
-            raise GenerationTimeout(f"generation {answer.finish_reason}")
+        if answer.finish_reason == "timeout":
+            raise GenerationTimeout(
+                f"the generation took longer than {st.settings.request_timeout:.0f}s "
+                "(RAGTUNE_REQUEST_TIMEOUT): lower max_output_tokens or retry later")
+        if answer.finish_reason == "error":
+            raise RuntimeError("generation failed; the server log says why")
         return finish(answer, fs_id, msg_id)
     return StreamingResponse(_events(turn, shell, search is not None, fs_id, msg_id, finish,
                                      params.response_format == "tools"),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-async def _collect(turn: Turn) -> Answer:
-    async for ev in turn.aevents():
-        if ev.answer is not None:
-            return ev.answer
-    raise AssertionError("a turn always ends with its answer")
 
 
 def _message(msg_id: str, text: str, answer: Answer, status: str) -> dict[str, Any]:
