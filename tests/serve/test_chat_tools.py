@@ -185,3 +185,18 @@ def test_n_choices_come_from_one_prompt_each_with_its_own_seed(client, served): 
     for c in tools.choices:
         for call in c.message.tool_calls:
             check(call)
+
+
+def test_instructor_in_its_default_mode_gets_a_validated_object(client):
+    import instructor
+    from pydantic import BaseModel, Field
+
+    class Forecast(BaseModel):
+        city: str = Field(description="the city")
+        days: int = Field(ge=1, le=7)
+
+    patched = instructor.from_openai(client)  # the default mode: TOOLS (a forced tool call)
+    assert patched.mode == instructor.Mode.TOOLS
+    got = patched.chat.completions.create(model="base", response_model=Forecast, max_tokens=60,
+                                          max_retries=0, messages=ASK)
+    assert isinstance(got, Forecast) and 1 <= got.days <= 7
