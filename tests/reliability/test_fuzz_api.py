@@ -40,7 +40,18 @@ pytestmark = pytest.mark.slow
 
 SCALE = float(os.environ.get("RAGTUNE_FUZZ_EXAMPLES", "1"))
 EXAMPLES = max(1, int(70 * SCALE))
-MORE = {"/v1/chat/completions": 4.0, "/v1/embeddings": 1.5, "/v1/collections/{name}/search": 1.5,
+# bookkeeping routes (files, fine-tuning jobs, vector stores, stored responses) get fewer
+FEWER = ("/v1/files", "/v1/files/{file_id}", "/v1/files/{file_id}/content",
+         "/v1/fine_tuning/jobs", "/v1/fine_tuning/jobs/{job_id}",
+         "/v1/fine_tuning/jobs/{job_id}/cancel", "/v1/fine_tuning/jobs/{job_id}/events",
+         "/v1/fine_tuning/jobs/{job_id}/checkpoints", "/v1/vector_stores",
+         "/v1/vector_stores/{vs_id}", "/v1/vector_stores/{vs_id}/files",
+         "/v1/vector_stores/{vs_id}/files/{file_id}", "/v1/vector_stores/{vs_id}/file_batches",
+         "/v1/vector_stores/{vs_id}/file_batches/{batch_id}", "/v1/vector_stores/{vs_id}/search",
+         "/v1/responses/{response_id}", "/v1/responses/{response_id}/input_items",
+         "/v1/models/{model_id}")
+MORE = {**dict.fromkeys(FEWER, 0.3),
+        "/v1/chat/completions": 4.0, "/v1/embeddings": 1.5, "/v1/collections/{name}/search": 1.5,
         "/v1/route": 1.5, "/v1/collections/{name}/documents": 0.5, "/v1/adapters": 0.5}
 MAX_TOKENS = 16
 CHAT = "/v1/chat/completions"
@@ -97,6 +108,7 @@ class FuzzRun:
     """What one schemathesis run sent and found."""
 
     calls: Counter[str] = field(default_factory=Counter)  # requests per operation
+    spent: Counter[str] = field(default_factory=Counter)  # seconds per operation
     statuses: dict[str, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))
     seen: dict[str, set[tuple[int, str]]] = field(default_factory=lambda: defaultdict(set))
     chats: Counter[str] = field(default_factory=Counter)  # "stream|json_schema|rag -> status"
@@ -175,9 +187,10 @@ def _steer_chat(context, body):  # noqa: ANN001, ANN202
 
 
 def _cap_tokens(context, case, kwargs):  # noqa: ANN001, ANN202
-    """Every phase's chat case asks for at most MAX_TOKENS tokens (a valid value stays valid)."""
-    if case.operation.path == CHAT and isinstance(case.body, dict):
-        for name in ("max_tokens", "max_completion_tokens"):
+    """Every phase's chat or responses case asks for at most MAX_TOKENS tokens (a valid value
+    stays valid)."""
+    if case.operation.path in (CHAT, "/v1/responses") and isinstance(case.body, dict):
+        for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
             v = case.body.get(name)
             if isinstance(v, int) and not isinstance(v, bool) and v > MAX_TOKENS:
                 case.body[name] = MAX_TOKENS
@@ -201,7 +214,11 @@ def fuzz_run(fuzzed) -> FuzzRun:
         # negative_data_rejection then reports as an invalid request accepted.
         "phases": {"stateful": {"max-steps": EXAMPLES, "generation": {"mode": "positive"}}},
         "operations": [{"include-path": path, "generation": {
-            "max-examples": max(1, int(EXAMPLES * factor))}} for path, factor in MORE.items()],
+            "max-examples": max(1, int(EXAMPLES * factor))},
+            # bookkeeping routes: their schema examples and fuzzing, not the coverage phase's
+            # hundreds of boundary cases each
+            **({"phases": {"coverage": {"enabled": False}}} if path in FEWER else {})}
+            for path, factor in MORE.items()],
     })
     schema = schemathesis.openapi.from_url(fuzzed.url + "/openapi.json", config=config)
     schema.hook("flatmap_body")(_steer_chat)
@@ -210,6 +227,7 @@ def fuzz_run(fuzzed) -> FuzzRun:
     def after_call(context, case, response):  # noqa: ANN001, ANN202
         label = f"{case.method.upper()} {case.operation.path}"
         run.calls[label] += 1
+        run.spent[label] += float(getattr(response, "elapsed", 0.0) or 0.0)
         run.statuses[label][response.status_code] += 1
         media = (response.headers.get("content-type") or [""])[0].split(";")[0].strip()
         run.seen[label].add((response.status_code, media))
@@ -251,7 +269,7 @@ def test_whole_api_fuzzed_no_server_error_no_schema_violation(fuzz_run, capsys):
         print(f"\nschemathesis: {sum(run.calls.values())} requests in {run.seconds:.0f} s")
         for label in sorted(set(run.calls) - set(probes)):
             statuses = ", ".join(f"{s}: {n}" for s, n in sorted(run.statuses[label].items()))
-            print(f"  {label:48} {run.calls[label]:5}  ({statuses})")
+            print(f"  {label:48} {run.calls[label]:5} {run.spent[label]:6.1f}s  ({statuses})")
         print(f"  + {sum(run.calls[p] for p in probes)} requests with a method the path does not "
               f"have, on {len(probes)} method x path pairs: all 405")
         print("  chat completions by kind: " + ", ".join(
