@@ -211,7 +211,7 @@ def main() -> None:
         eval_args = ["eval", str(qa), "--adapter", "support-voice", "--collection", "acme", "-k", str(K),
                      "--schema", str(HERE / "acme-answer.schema.json"), "--out", str(out)]
         if args.quick:
-            eval_args += ["--limit", "8"]
+            eval_args += ["--limit", "4"]
         sh(*eval_args)
     finally:
         server.stop()

@@ -39,7 +39,7 @@ def test_demo_quick_runs_every_step(home, real_generator):
                 "| adapter+rag+json |"):
         assert arm in log
     report = json.loads((home / "demo" / "eval" / "eval.json").read_text())
-    assert report["items"] == 8 and report["adapter"].startswith("support-voice@")
+    assert report["items"] == 4 and report["adapter"].startswith("support-voice@")
     # constrained decoding: every JSON answer of that arm parses and fits the schema
     assert report["summary"]["adapter+rag+json"]["format_validity"] == 1.0
     # every stage reports its peak resident memory (each process's high-water mark, in MB)
