@@ -160,6 +160,7 @@ class Collection:
         engine: str = "local",
         address: str | None = None,
         workers: int | None = None,
+        attributes: dict[str, dict[str, Any]] | None = None,
     ) -> IngestReport:
         """Ingest files and folders: new and changed documents are (re)embedded, unchanged ones
         skipped by content hash, bad files reported and skipped. Commits every
@@ -167,17 +168,22 @@ class Collection:
 
         engine="ray" runs load, split and embed on a Ray cluster (`address`: None starts a local
         one, "auto" joins a running one; `workers` embed actors) with the same rules and report
-        (see ingest/ray_engine.py); a dry run plans locally either way."""
+        (see ingest/ray_engine.py); a dry run plans locally either way. `attributes` maps a
+        file's path to metadata every chunk of it carries (filterable with `where`; the vector
+        stores API's file attributes), local engine only."""
         if engine not in ("local", "ray"):
             raise RagtuneError(f"ingest engine {engine!r} is unknown: use 'local' or 'ray'")
         if dry_run:
             return dry_run_plan(self, paths, include, exclude, prune, text_field)
+        if attributes and engine != "local":
+            raise RagtuneError("per-file attributes are applied by the local ingest engine only")
         if engine == "ray":
             from ragtune.ingest.ray_engine import RayEngine
 
             runner: Any = RayEngine(self, text_field, address=address, workers=workers)
         else:
-            runner = LocalEngine(self, text_field)
+            runner = LocalEngine(self, text_field, {str(Path(p).expanduser().resolve()): a
+                                                    for p, a in (attributes or {}).items()})
         return ingest(self, paths, include, exclude, prune, text_field, runner)
 
     def commit_meta(self) -> dict[str, Any]:

@@ -213,8 +213,10 @@ class LocalEngine:
 
     notes: dict[str, Any] = {}
 
-    def __init__(self, col: Any, text_field: str | None):
+    def __init__(self, col: Any, text_field: str | None,
+                 attributes: dict[str, dict[str, Any]] | None = None):
         self.col, self.text_field = col, text_field
+        self.attributes = attributes or {}  # resolved path -> metadata for each of its chunks
 
     def batches(self, todo: list[Path], report: IngestReport) -> Iterator[list[Prepared]]:
         col, every = self.col, self.col.settings.commit_every
@@ -226,7 +228,10 @@ class LocalEngine:
                 if isinstance(doc, str):
                     report.skipped.append((str(path), doc))
                 else:
-                    split.append((doc, col.splitter.split(doc)))
+                    chunks_of = col.splitter.split(doc)
+                    for c in chunks_of if doc.source in self.attributes else ():
+                        c.metadata.update(self.attributes[doc.source])
+                    split.append((doc, chunks_of))
                 if len(split) == every or (n == len(todo) and split):
                     prepared = self._embed(split)
                     chunks += sum(len(p.chunks) for p in prepared)
