@@ -220,7 +220,8 @@ class Assistant:
                 "index": n if prep.sources else None, "chunk_id": c.chunk_id, "source": c.source,
                 "position": c.position, "page": c.metadata.get("page"),
                 "score": round(c.score, 4), "ingested_at": c.ingested_at, "cited": how is not None,
-                "cited_by": how, "text": c.text, "flagged": c.metadata.get("flagged", [])})
+                "cited_by": how, "text": c.text, "flagged": c.metadata.get("flagged", []),
+                "metadata": c.metadata})
         usage = {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens,
                  "total_tokens": last.prompt_tokens + last.completion_tokens}
         used = {**used, "collection": prep.collection, "generation": prep.generation,

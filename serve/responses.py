@@ -198,8 +198,19 @@ def _where(filters: Any) -> dict[str, str] | None:
             raise RagtuneError("file_search.filters: only eq comparisons (and an 'and' of them) "
                                "are supported", param="tools.filters")
         value = f.get("value")
-        where[f["key"]] = str(value).lower() if isinstance(value, bool) else str(value)
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        # `where` matches by glob: an equality escapes glob's own characters
+        where[f["key"]] = re.sub(r"([*?\[])", r"[\1]", text)
     return where
+
+
+def chunk_attributes(metadata: dict[str, Any], chunk_id: int, position: int,
+                     ingested_at: float | None) -> dict[str, Any]:
+    """What a search result says about its chunk: the file's attributes and the chunk's own
+    metadata (headings, page), its id, position and freshness."""
+    scalar = {k: v for k, v in metadata.items() if isinstance(v, str | int | float | bool)}
+    return {**scalar, "chunk_id": chunk_id, "position": position,
+            **({"ingested_at": ingested_at} if ingested_at else {})}
 
 
 def file_id(source: str) -> str:
@@ -234,8 +245,8 @@ def annotations(text: str, citations: list[dict[str, Any]]) -> list[dict[str, An
 def search_results(citations: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"file_id": file_id(c["source"]), "filename": file_name(c["source"]),
              "score": c["score"], "text": c["text"],
-             "attributes": {"chunk_id": c["chunk_id"], "position": c["position"],
-                            **({"ingested_at": c["ingested_at"]} if c["ingested_at"] else {})}}
+             "attributes": chunk_attributes(c.get("metadata") or {}, c["chunk_id"],
+                                            c["position"], c["ingested_at"])}
             for c in citations]
 
 

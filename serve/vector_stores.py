@@ -126,3 +126,19 @@ def check_metadata(metadata: Any, param: str = "metadata") -> dict[str, str] | N
         raise RagtuneError(f"{param}: at most 16 pairs of text (keys up to 64 characters, values "
                            "up to 512)", param=param)
     return metadata
+
+
+def check_attributes(attributes: Any) -> dict[str, str | int | float | bool]:
+    """A file's attributes, as OpenAI limits them (16 keys; text up to 512 characters, numbers,
+    booleans), with keys a filter can name (letters, digits, '_')."""
+    if attributes is None:
+        return {}
+    ok = isinstance(attributes, dict) and len(attributes) <= 16 and all(
+        isinstance(k, str) and re.fullmatch(r"[A-Za-z0-9_]{1,64}", k)
+        and (isinstance(v, bool | int | float) or (isinstance(v, str) and len(v) <= 512))
+        for k, v in attributes.items())
+    if not ok:
+        raise RagtuneError("attributes: at most 16 pairs; keys of letters, digits and '_' (up "
+                           "to 64), values text (up to 512 characters), numbers or booleans",
+                           param="attributes")
+    return attributes

@@ -21,7 +21,13 @@ from ragtune.serve.deps import principal, state
 from ragtune.serve.filestore import page
 from ragtune.serve.routes.files import owner_scope
 from ragtune.serve.uploads import stored_name
-from ragtune.serve.vector_stores import VectorStores, check_metadata, file_object, public
+from ragtune.serve.vector_stores import (
+    VectorStores,
+    check_attributes,
+    check_metadata,
+    file_object,
+    public,
+)
 
 router = APIRouter(prefix="/v1/vector_stores", tags=["openai"])
 ATTACHABLE = ("assistants", "user_data")
@@ -138,10 +144,7 @@ def _attach(request: Request, who: Principal, vs_id: str, file_id: Any,
     st = state(request)
     if not isinstance(file_id, str):
         raise RagtuneError("file_id: the id of a file from POST /v1/files", param="file_id")
-    if attributes:
-        raise RagtuneError("attributes on vector store files are not supported yet: filter on "
-                           "what the documents hold (headings, page, source)",
-                           param="attributes")
+    attributes = check_attributes(attributes)
     meta = st.files.get(file_id, owner_scope(who))
     if meta["purpose"] not in ATTACHABLE:
         raise RagtuneError(f"file {file_id} has purpose {meta['purpose']!r}: vector stores take "
@@ -153,7 +156,7 @@ def _attach(request: Request, who: Principal, vs_id: str, file_id: Any,
     dest = kept / stored_name(f"{file_id}__{meta['filename']}")
     rec["_files"][file_id] = {"status": "in_progress", "created_at": int(time.time()),
                               "last_error": None, "usage_bytes": meta["bytes"],
-                              "attributes": {}, "chunk_tokens": st.settings.chunk_tokens,
+                              "attributes": attributes, "chunk_tokens": st.settings.chunk_tokens,
                               "overlap": st.settings.chunk_overlap}
     rec["last_active_at"] = int(time.time())
     stores.save(rec)
@@ -166,7 +169,7 @@ def _attach(request: Request, who: Principal, vs_id: str, file_id: Any,
             tmp.replace(dest)
             col = Collection.open(collection, st.settings)
             try:
-                report = col.add([str(dest)])
+                report = col.add([str(dest)], attributes={str(dest): attributes})
             finally:
                 col.close()
         except Exception as e:  # recorded on the file; the job says it too
@@ -314,9 +317,8 @@ async def search_store(vs_id: str, request: Request, body: dict[str, Any] = Body
                 hits[h.chunk_id] = h
     best = sorted(hits.values(), key=lambda h: -h.score)[:k]
     data = [{"file_id": R.file_id(h.source), "filename": R.file_name(h.source),
-             "score": h.score, "attributes": {"chunk_id": h.chunk_id, "position": h.position,
-                                              **({"ingested_at": h.ingested_at}
-                                                 if h.ingested_at else {})},
+             "score": h.score, "attributes": R.chunk_attributes(h.metadata, h.chunk_id,
+                                                                h.position, h.ingested_at),
              "content": [{"type": "text", "text": h.text}]} for h in best]
     return {"object": "vector_store.search_results.page", "search_query": queries,
             "data": data, "has_more": False, "next_page": None}

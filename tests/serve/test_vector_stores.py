@@ -75,7 +75,8 @@ def test_a_file_that_cannot_be_ingested_fails_with_its_reason(client):
     ("", {"chunking_strategy": {"type": "static"}}, "chunking_strategy"),
     ("/{vs}/files", {"file_id": "file-nope"}, None),
     ("/{vs}/files", {"file_id": "{ft}"}, "file_id"),
-    ("/{vs}/files", {"file_id": "{doc}", "attributes": {"year": 2024}}, "attributes"),
+    ("/{vs}/files", {"file_id": "{doc}", "attributes": {"a-b": 1}}, "attributes"),
+    ("/{vs}/files", {"file_id": "{doc}", "attributes": {"x": [1]}}, "attributes"),
     ("/{vs}/search", {"query": "x", "rewrite_query": True}, "rewrite_query"),
     ("/{vs}/search", {"query": ""}, "query"),
 ])
@@ -89,3 +90,32 @@ def test_what_is_not_served_is_refused_by_name(client, served, path, body, param
     r = httpx.post(served.url + "/v1/vector_stores" + path.format(vs=vs), json=body)
     assert r.status_code in (400, 404), r.text
     assert r.json()["error"]["param"] == param
+
+
+def test_file_attributes_filter_search_and_file_search(client):
+    store = client.vector_stores.create(name="attrs")
+    made = {}
+    for year, region in ((2023, "eu"), (2024, "us")):
+        f = client.files.create(file=(f"report-{year}.md", f"# Report\n\nRevenue grew in "
+                                      f"{year}.\n".encode()), purpose="assistants")
+        done = client.vector_stores.files.create_and_poll(
+            vector_store_id=store.id, file_id=f.id, poll_interval_ms=200,
+            attributes={"year": year, "region": region, "final": year == 2024})
+        assert done.status == "completed" and done.attributes["year"] == year
+        made[year] = f.id
+    for flt, year in (({"type": "eq", "key": "year", "value": 2023}, 2023),
+                      ({"type": "and", "filters": [{"type": "eq", "key": "region", "value": "us"},
+                                                   {"type": "eq", "key": "final",
+                                                    "value": True}]}, 2024)):
+        hits = client.vector_stores.search(store.id, query="revenue", filters=flt).data
+        assert {h.file_id for h in hits} == {made[year]}
+        assert hits[0].attributes["year"] == year
+        r = client.responses.create(
+            model="base", input="How did revenue do?", max_output_tokens=2,
+            include=["file_search_call.results"],
+            tools=[{"type": "file_search", "vector_store_ids": [store.id], "filters": flt}])
+        assert {x.file_id for x in r.output[0].results} == {made[year]}
+        assert r.output[0].results[0].attributes["region"] in ("eu", "us")
+    none = client.vector_stores.search(store.id, query="revenue", filters={
+        "type": "eq", "key": "region", "value": "e*"}).data
+    assert none == []  # an equality, not a glob
