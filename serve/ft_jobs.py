@@ -14,7 +14,7 @@ Validation (the training data checks with the base model's tokenizer, strict: an
 fails the job naming it) runs on one thread; training runs in a worker process
 (serve/ft_worker.py), `RAGTUNE_FT_CONCURRENCY` at a time, so a crash there cannot take the
 server. Records survive a restart: a job that was queued is queued again, one that was running
-is resumed from its last checkpoint (the worker dies with its server: PR_SET_PDEATHSIG).
+is resumed from its last checkpoint (the worker stops with its server: PR_SET_PDEATHSIG).
 
 The model a job makes is a registry adapter (`ft-<suffix>-<id>`), named to clients as
 `ft:<base>:ragtune:<suffix>:<id>`; its checkpoints are versions of that adapter with aliases
@@ -322,11 +322,15 @@ class FineTuning:
         if not self._move(job_id, ("queued", "running"), "running", "Fine-tuning job started" + (
                 " again: resuming from its last checkpoint" if resumed else "")):
             return  # cancelled meanwhile
-        env = {**os.environ, "RAGTUNE_HOME": str(self.settings.home)}
+        env = {**os.environ, "RAGTUNE_HOME": str(self.settings.home),
+               PARENT_ENV: str(os.getpid())}
         with open(job_dir / "log", "a") as out:
+            # its own session: a Ctrl-C at the server's terminal is the server's, not the
+            # worker's (which stops with the server: serve/ft_worker.py). No preexec_fn: a fork
+            # of a threaded server must exec at once
             proc = subprocess.Popen([sys.executable, "-m", "ragtune.serve.ft_worker",
                                      str(job_dir)], stdout=out, stderr=subprocess.STDOUT,
-                                    env=env, preexec_fn=_die_with_parent)
+                                    env=env, start_new_session=True)
             self._procs[job_id] = proc
             try:
                 while proc.poll() is None:
@@ -482,14 +486,19 @@ def _check_limit(limit: int) -> None:
         raise RagtuneError(f"limit {limit}: use 1 to 100", param="limit")
 
 
-def _die_with_parent() -> None:
-    """In the worker, before exec: SIGINT when the server's thread that started it ends (the
-    server died), so the worker saves a checkpoint and exits instead of training unseen."""
+PARENT_ENV = "RAGTUNE_FT_PARENT"  # the server's pid, for the worker to stop with it
+
+
+def die_with_parent(parent: int) -> None:
+    """In the worker: SIGINT when the server's thread that started it ends (the server died),
+    so the worker saves a checkpoint and exits instead of training unseen; and stop now if the
+    server is already gone (it died before this ran)."""
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
-    except OSError:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
         pass  # not Linux: a restart then waits for the orphan's lock (serve/ft_worker.py)
-    os.setpgrp()  # a Ctrl-C at the server's terminal is the server's, not the worker's
+    if os.getppid() != parent:
+        raise SystemExit("the server that started this job has stopped")
 
 
 def append_event(job_dir: Path, message: str, level: str = "info", kind: str = "message",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -25,7 +26,7 @@ from filelock import FileLock
 from ragtune.platform.errors import RagtuneError
 from ragtune.platform.files import write_json
 from ragtune.platform.settings import Settings
-from ragtune.serve.ft_jobs import append_event
+from ragtune.serve.ft_jobs import PARENT_ENV, append_event, die_with_parent
 from ragtune.train import recipe, registry
 from ragtune.train.args import TrainArgs
 
@@ -101,6 +102,8 @@ def register_snapshots(settings: Any, name: str, final: str, snapshots: Path
 
 def main() -> None:
     job_dir = Path(sys.argv[1])
+    if os.environ.get(PARENT_ENV, "").isdigit():
+        die_with_parent(int(os.environ[PARENT_ENV]))
     with FileLock(str(job_dir / "worker.lock")):
         sys.exit(run(job_dir))
 

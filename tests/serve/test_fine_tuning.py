@@ -284,6 +284,21 @@ def test_each_key_sees_only_its_own_files_and_jobs(client, served):
         served.settings.keys_file.unlink()
 
 
+def workers_of(job_dir) -> list[int]:
+    """The pids of live ft_worker processes training `job_dir` (read from /proc)."""
+    from pathlib import Path
+
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"ragtune.serve.ft_worker" in cmd and str(job_dir).encode() in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
 def test_a_job_survives_a_server_restart(tmp_path, tiny_lm_dir):
     """`ragtune serve` killed (SIGKILL) while a job trains: its worker checkpoints and stops;
     the next server on the home resumes the job from that checkpoint and it succeeds."""
@@ -305,9 +320,17 @@ def test_a_job_survives_a_server_restart(tmp_path, tiny_lm_dir):
                 break
             assert time.time() < deadline, "training did not get going"
             time.sleep(0.3)
+        job_dir = tmp_path / "home" / "jobs" / "fine_tuning" / job.id
+        assert workers_of(job_dir)  # training, in its own process
         os.kill(first.proc.pid, signal.SIGKILL)
         first.proc.wait(timeout=30)
-    job_dir = tmp_path / "home" / "jobs" / "fine_tuning" / job.id
+    # the worker stops with its server (SIGINT from the kernel): it checkpoints and exits
+    deadline = time.time() + 120
+    while workers_of(job_dir):
+        assert time.time() < deadline, "the worker outlived its server"
+        time.sleep(0.2)
+    run_dir = tmp_path / "home" / "jobs" / job.id
+    assert (run_dir / "checkpoint").exists() or (run_dir / "checkpoint.old").exists()
     record = json.loads((job_dir / "job.json").read_text())
     assert record["status"] == "running"  # as the killed server left it
     with ServeProcess(env, tmp_path / "serve2.log") as second:
