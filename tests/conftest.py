@@ -139,12 +139,21 @@ def tiny_lm_dir(tmp_path_factory, smollm_tokenizer_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def imported_generator(tmp_path_factory) -> Path:
-    """The real SmolLM2 imported once per test session (~25 s); tests link it into their home."""
+    """The real SmolLM2 imported once per test run (~25 s); tests link it into their home.
+    Under pytest-xdist the workers share one import (the first imports it under a file lock,
+    the others find it done)."""
+    import os
+
+    from filelock import FileLock
+
     from ragtune.platform.models import import_generator
     from ragtune.platform.settings import Settings
 
-    home = tmp_path_factory.mktemp("shared-home")
-    return import_generator(Settings(home=home)).path
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    home = root / "shared-generator-home"
+    with FileLock(str(root / "shared-generator-home.lock")):
+        return import_generator(Settings(home=home)).path
 
 
 @pytest.fixture
