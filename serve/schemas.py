@@ -197,12 +197,17 @@ class ChatRequest(BaseModel):
 
 
 class EmbeddingsRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"examples": [
         {"model": "default", "input": ["refund policy", "shipping times"]}]})
     model: str = Field("default", max_length=200)
     input: str | list[str] = Field(description="one text or a list of up to 2048 texts")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
+    user: str | None = Field(None, description="accepted and ignored")
+
+    def unknown_fields(self) -> list[str]:
+        """Fields this server does not have: the API refuses them by name."""
+        return sorted(self.model_extra or {})
 
     @field_validator("input")
     @classmethod
@@ -213,9 +218,13 @@ class EmbeddingsRequest(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    model_config = ConfigDict(strict=True, json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"examples": [
         {"query": "How much does the Basic plan cost?", "k": 3, "mode": "hybrid"}]})
     query: str = Field(min_length=1, max_length=10_000)
     k: int = Field(5, ge=1, le=100)
     mode: Mode = "dense"
     where: dict[str, str] | None = None
+
+    def unknown_fields(self) -> list[str]:
+        """Fields this server does not have: the API refuses them by name."""
+        return sorted(self.model_extra or {})

@@ -147,6 +147,12 @@ def test_models_embeddings_and_search(client, served):
         assert client.models.retrieve(model).id == model  # ids with '/' and '@' too
     with pytest.raises(openai.NotFoundError, match="no model 'gpt-5'"):
         client.models.retrieve("gpt-5")
+    miss = httpx.post(served.url + "/v1/collections/docs/search", json={"query": "x", "top_k": 1})
+    assert miss.status_code == 400 and miss.json()["error"]["param"] == "top_k"
+    bad = httpx.post(served.url + "/v1/embeddings", json={"input": "a", "truncate": "end"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "truncate"
+    assert httpx.post(served.url + "/v1/embeddings", json={"input": "a", "user": "u"}
+                      ).status_code == 200
     emb = client.embeddings.create(model="all-MiniLM-L6-v2", input=["a", "b c"])  # base64
     assert len(emb.data) == 2 and len(emb.data[0].embedding) == 384
     floats = httpx.post(served.url + "/v1/embeddings", json={"input": "a"}).json()
