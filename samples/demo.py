@@ -120,10 +120,10 @@ class Server:
               flush=True)
 
 
-def ask(client, question: str, model: str) -> dict:  # noqa: ANN001
+def ask(client, question: str, model: str, max_tokens: int = 96) -> dict:  # noqa: ANN001
     t = time.time()
     resp = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": question}], max_tokens=96,
+        model=model, messages=[{"role": "user", "content": question}], max_tokens=max_tokens,
         extra_body={"rag": {"collection": "acme", "k": K}})
     extra = resp.model_extra or {}
     print(f"\nQ: {question}\nA: {resp.choices[0].message.content}")
@@ -172,7 +172,7 @@ def main() -> None:
     # set's facts): with the retrieved chunk in the prompt, the adapter learns to copy facts
     # from context into the JSON answer, not only the voice
     subprocess.run([sys.executable, str(HERE / "support_dataset.py"), str(data),
-                    "--n", "120" if args.quick else "160", "--grounded-share", "0.6"], check=True)
+                    "--n", "48" if args.quick else "160", "--grounded-share", "0.6"], check=True)
     # 36 steps of 8 examples with the best chunk in each prompt: ~6 min on 2 cores, enough for
     # valid JSON in the voice. 10% (not 20%) of the supported examples teach "the documents do
     # not say": with more, the 135M model refuses questions its context does answer.
@@ -189,14 +189,16 @@ def main() -> None:
 
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="demo", max_retries=0,
                                timeout=300)
-        before = [ask(client, q, "support-voice") for q in QUESTIONS]
+        # the smoke run asks for shorter answers: the same steps, less decoding
+        budget = 48 if args.quick else 96
+        before = [ask(client, q, "support-voice", budget) for q in QUESTIONS]
 
         step(6, "a price changes: edit one document, re-ingest (only it is re-embedded), ask again")
         pricing = kb / "pricing.md"
         pricing.write_text(pricing.read_text().replace(PRICE_OLD, PRICE_NEW))
         print(f"edited {pricing}: '{PRICE_OLD}' -> '{PRICE_NEW}'")
         sh("ingest", str(kb), "--collection", "acme", "--prune")
-        after = ask(client, QUESTIONS[0], "support-voice")
+        after = ask(client, QUESTIONS[0], "support-voice", budget)
         # what the index now returns for the question (every retrieved chunk, cited or not)
         sources = [c["text"] for c in after["citations"] or []]
         print("\nbefore: " + before[0]["text"] + "\nafter:  " + after["text"])
@@ -211,7 +213,7 @@ def main() -> None:
         eval_args = ["eval", str(qa), "--adapter", "support-voice", "--collection", "acme", "-k", str(K),
                      "--schema", str(HERE / "acme-answer.schema.json"), "--out", str(out)]
         if args.quick:
-            eval_args += ["--limit", "4"]
+            eval_args += ["--limit", "4", "--max-tokens", "64"]
         sh(*eval_args)
     finally:
         server.stop()
