@@ -39,7 +39,7 @@ from ragtune.serve.jobs import Jobs
 pytestmark = pytest.mark.slow
 
 SCALE = float(os.environ.get("RAGTUNE_FUZZ_EXAMPLES", "1"))
-EXAMPLES = max(1, int(70 * SCALE))
+EXAMPLES = max(1, int(45 * SCALE))
 # bookkeeping routes (files, fine-tuning jobs, vector stores, stored responses) get fewer
 FEWER = ("/v1/files", "/v1/files/{file_id}", "/v1/files/{file_id}/content",
          "/v1/fine_tuning/jobs", "/v1/fine_tuning/jobs/{job_id}",
