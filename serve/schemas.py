@@ -5,12 +5,43 @@ route can answer are documented with their body (`ERRORS`, `GENERATION_ERRORS`, 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ragtune.platform.errors import RagtuneError
+
 Mode = Literal["dense", "bm25", "hybrid"]
-STRICT = ConfigDict(strict=True)
+# every request object keeps the fields it does not have (extra="allow") so that the route can
+# refuse them by name with a 400, at any depth, instead of dropping them (Body.unknown_fields)
+STRICT = ConfigDict(extra="allow", strict=True)
+
+
+class Body(BaseModel):
+    """A request object (at any depth). `IGNORED`: fields OpenAI clients send that change nothing
+    here, accepted and ignored (docs/serve.md); any other field it does not have is refused."""
+
+    model_config = STRICT
+    IGNORED: ClassVar[tuple[str, ...]] = ()
+
+    def unknown_fields(self, prefix: str = "") -> list[str]:
+        """The fields this object and the objects in it do not have, as paths
+        (`messages[0].foo`, `rag.bar`), save the IGNORED ones."""
+        out = [prefix + k for k in (self.model_extra or {}) if k not in self.IGNORED]
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            items = enumerate(value) if isinstance(value, list) else [(None, value)]
+            for i, v in items:
+                if isinstance(v, Body):
+                    out += v.unknown_fields(f"{prefix}{name}{'' if i is None else f'[{i}]'}.")
+        return out
+
+    def refuse_unknown(self, hint: str = "") -> None:
+        """A 400 naming every field this server does not implement."""
+        unknown = self.unknown_fields()
+        if unknown:
+            raise RagtuneError(f"unknown field(s): {', '.join(unknown)}: this server does not "
+                               f"implement them{hint}", param=unknown[0])
 
 
 class ErrorDetail(BaseModel):
@@ -53,33 +84,26 @@ WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-class TextPart(BaseModel):
-    model_config = STRICT
+class TextPart(Body):
     type: Literal["text"]
     text: str
 
 
-# fields an OpenAI client may send that change nothing here: accepted and ignored (docs/serve.md)
-IGNORED_MESSAGE_FIELDS = ("name", "refusal", "annotations")
-IGNORED_REQUEST_FIELDS = ("store", "metadata", "service_tier", "prompt_cache_key",
-                          "safety_identifier")
 
 
-class FunctionCall(BaseModel):
-    model_config = STRICT
+class FunctionCall(Body):
     name: str
     arguments: str = Field(description="the arguments, a JSON object in a string")
 
 
-class ToolCall(BaseModel):
-    model_config = STRICT
+class ToolCall(Body):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+class Message(Body):
+    IGNORED = ("name", "refusal", "annotations")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     tool_calls: list[ToolCall] | None = Field(None, description="an assistant's calls")
@@ -91,49 +115,42 @@ class Message(BaseModel):
         return self.content or ""
 
 
-class FunctionSpec(BaseModel):
-    model_config = STRICT
+class FunctionSpec(Body):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str | None = None
     parameters: dict[str, Any] | None = Field(None, description="a JSON Schema (default: none)")
     strict: bool | None = Field(None, description="calls are always held to the schema here")
 
 
-class ToolSpec(BaseModel):
-    model_config = STRICT
+class ToolSpec(Body):
     type: Literal["function"]
     function: FunctionSpec
 
 
-class NamedFunction(BaseModel):
-    model_config = STRICT
+class NamedFunction(Body):
     name: str
 
 
-class NamedToolChoice(BaseModel):
-    model_config = STRICT
+class NamedToolChoice(Body):
     type: Literal["function"]
     function: NamedFunction
 
 
-class JsonSchemaSpec(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, strict=True)
+class JsonSchemaSpec(Body):
+    model_config = ConfigDict(extra="allow", populate_by_name=True, strict=True)
     name: str = "response"
     description: str | None = None
     schema_: dict[str, Any] = Field(alias="schema")
     strict: bool | None = None
 
 
-class ResponseFormat(BaseModel):
-    model_config = STRICT
+class ResponseFormat(Body):
     type: Literal["text", "json_object", "json_schema"] = "text"
     json_schema: JsonSchemaSpec | None = None
 
 
-class RagSpec(BaseModel):
+class RagSpec(Body):
     """Retrieval for this request (ragtune's extension; the openai SDK sends it via extra_body)."""
-
-    model_config = STRICT
 
     collection: str = Field(min_length=1, max_length=64)
     k: int = Field(5, ge=1, le=50)
@@ -141,12 +158,13 @@ class RagSpec(BaseModel):
     where: dict[str, str] | None = None
 
 
-class StreamOptions(BaseModel):
-    model_config = STRICT
+class StreamOptions(Body):
     include_usage: bool = False
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(Body):
+    # fields an OpenAI client may send that change nothing here (docs/serve.md)
+    IGNORED = ("store", "metadata", "service_tier", "prompt_cache_key", "safety_identifier")
     model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"examples": [
         {"model": "base", "max_tokens": 16,
          "messages": [{"role": "user", "content": "How much does the Basic plan cost?"}],
@@ -178,15 +196,6 @@ class ChatRequest(BaseModel):
     rag: RagSpec | None = None
     user: str | None = Field(None, description="accepted and ignored")
 
-    def unknown_fields(self) -> list[str]:
-        """Fields this server does not have, at the top and in messages, save the ones OpenAI
-        clients send that change nothing here (IGNORED_*): the API refuses them by name."""
-        out = [k for k in (self.model_extra or {}) if k not in IGNORED_REQUEST_FIELDS]
-        for i, m in enumerate(self.messages):
-            out += [f"messages[{i}].{k}" for k in (m.model_extra or {})
-                    if k not in IGNORED_MESSAGE_FIELDS]
-        return out
-
     @field_validator("stop")
     @classmethod
     def _stops(cls, v: str | list[str] | None) -> list[str]:
@@ -196,7 +205,7 @@ class ChatRequest(BaseModel):
         return stops
 
 
-class EmbeddingsRequest(BaseModel):
+class EmbeddingsRequest(Body):
     model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"examples": [
         {"model": "default", "input": ["refund policy", "shipping times"]}]})
     model: str = Field("default", max_length=200)
@@ -204,10 +213,6 @@ class EmbeddingsRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = Field(None, description="accepted and ignored")
-
-    def unknown_fields(self) -> list[str]:
-        """Fields this server does not have: the API refuses them by name."""
-        return sorted(self.model_extra or {})
 
     @field_validator("input")
     @classmethod
@@ -217,14 +222,10 @@ class EmbeddingsRequest(BaseModel):
         return v
 
 
-class SearchRequest(BaseModel):
+class SearchRequest(Body):
     model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"examples": [
         {"query": "How much does the Basic plan cost?", "k": 3, "mode": "hybrid"}]})
     query: str = Field(min_length=1, max_length=10_000)
     k: int = Field(5, ge=1, le=100)
     mode: Mode = "dense"
     where: dict[str, str] | None = None
-
-    def unknown_fields(self) -> list[str]:
-        """Fields this server does not have: the API refuses them by name."""
-        return sorted(self.model_extra or {})

@@ -20,24 +20,15 @@ from ragtune.platform.json_answer import json_valid
 from ragtune.platform.types import GenParams
 from ragtune.serve.auth import Principal
 from ragtune.serve.deps import principal, state, until_disconnect
-from ragtune.serve.schemas import (
-    GENERATION_ERRORS,
-    IGNORED_MESSAGE_FIELDS,
-    IGNORED_REQUEST_FIELDS,
-    ChatRequest,
-)
+from ragtune.serve.schemas import GENERATION_ERRORS, ChatRequest, Message
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 
 def _check(body: ChatRequest) -> None:
     """What the schema cannot say: fields this server does not have, and what it refuses."""
-    unknown = body.unknown_fields()
-    if unknown:
-        raise RagtuneError(
-            f"unknown field(s): {', '.join(unknown)}: this server does not implement them "
-            f"(accepted and ignored: {', '.join(IGNORED_REQUEST_FIELDS)}, and in messages "
-            f"{', '.join(IGNORED_MESSAGE_FIELDS)}; docs/serve.md)", param=unknown[0])
+    body.refuse_unknown(f" (accepted and ignored: {', '.join(ChatRequest.IGNORED)}, and in "
+                        f"messages {', '.join(Message.IGNORED)}; docs/serve.md)")
     if body.top_logprobs and not body.logprobs:
         raise RagtuneError("top_logprobs needs logprobs: true", param="top_logprobs")
     if body.tool_choice is not None and not body.tools:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, File, Request, UploadFile
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ragtune.platform.errors import NotFoundError, RagtuneError
+from ragtune.platform.errors import NotFoundError
 from ragtune.platform.files import write_json
 from ragtune.platform.names import check_name
 from ragtune.serve.auth import Principal
@@ -49,10 +49,7 @@ def show_collection(name: str, request: Request,
 @router.post("/collections/{name}/search")
 async def search(name: str, body: SearchRequest, request: Request,
                  who: Principal = Depends(principal)) -> dict[str, Any]:
-    unknown = body.unknown_fields()
-    if unknown:
-        raise RagtuneError(f"unknown field(s): {', '.join(unknown)}: use query, k, mode, where",
-                           param=unknown[0])
+    body.refuse_unknown(": use query, k, mode, where")
     st = state(request)
     who.need_collection(_check(name))
     col = st.collection(name)

@@ -21,10 +21,7 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 async def embeddings(body: EmbeddingsRequest, request: Request,
                      who: Principal = Depends(principal)) -> dict[str, Any]:
     """OpenAI embeddings with the embedder (normalised vectors)."""
-    unknown = body.unknown_fields()
-    if unknown:
-        raise RagtuneError(f"unknown field(s): {', '.join(unknown)}: this server does not "
-                           "implement them", param=unknown[0])
+    body.refuse_unknown()
     st = state(request)
     emb = st.embedder()
     if body.model not in ("default", st.settings.embedder, emb.identity["name"]):

@@ -5,20 +5,19 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ragtune.platform.router import parse_requirements
 from ragtune.serve.auth import Principal
 from ragtune.serve.deps import principal, state
-from ragtune.serve.schemas import ERRORS
+from ragtune.serve.schemas import ERRORS, Body
 
 router = APIRouter(prefix="/v1", tags=["ragtune"], responses=ERRORS)
 Text = Annotated[str, Field(min_length=1, max_length=4000, pattern=r"\S")]
 
 
-class RequirementIn(BaseModel):
-    model_config = ConfigDict(strict=True)
+class RequirementIn(Body):
     text: Text
     changes: Literal["hourly", "daily", "weekly", "rarely", "never"] | None = None
     kind: Literal["fact", "style", "format", "vocabulary", "task", "policy"] | None = None
@@ -28,8 +27,8 @@ class RequirementIn(BaseModel):
     id: str | None = Field(None, max_length=64)
 
 
-class RouteRequest(BaseModel):
-    model_config = ConfigDict(strict=True, json_schema_extra={"examples": [
+class RouteRequest(Body):
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"examples": [
         {"requirements": ["Prices change every week",
                           {"text": "Answer in our brand voice.", "kind": "style", "examples": 300}],
          "plan": True}]})
@@ -43,6 +42,7 @@ async def route(body: RouteRequest, request: Request,
     """Route requirements to RAG, FINE_TUNE, HYBRID or PROMPT, with confidence and reasons."""
     from ragtune.platform.plan import make_plan
 
+    body.refuse_unknown()
     st = state(request)
     items = [r if isinstance(r, str) else r.model_dump(exclude_none=True) for r in body.requirements]
     reqs = parse_requirements(items, "requirements")

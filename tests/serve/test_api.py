@@ -353,6 +353,10 @@ def test_route_endpoint_returns_the_decisions(served):
     assert r.json()["plan"]["collections"] and r.json()["plan"]["adapters"]
     bad = httpx.post(served.url + "/v1/route", json={"requirements": [{"kind": "style"}]})
     assert bad.status_code == 422
+    # a field the router does not have is refused by name, not dropped (here: a typo of kind)
+    typo = httpx.post(served.url + "/v1/route", json={"requirements": [
+        {"text": "Answer in our brand voice.", "knd": "style"}]})
+    assert typo.status_code == 400 and typo.json()["error"]["param"] == "requirements[0].knd"
 
 
 def test_route_endpoint_on_the_demo_requirements_matches_the_cli(served, tmp_path):

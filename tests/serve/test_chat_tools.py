@@ -92,6 +92,17 @@ def test_a_conversation_with_calls_and_results_goes_on(client):
 @pytest.mark.parametrize("extra, param, says", [
     ({"foo": 1}, "foo", "unknown field(s): foo"),
     ({"messages": [{"role": "user", "content": "q", "foo": 1}]}, "messages[0].foo", "foo"),
+    # nested objects too, at any depth: nothing is dropped silently
+    ({"rag": {"collection": "docs", "top_k": 2}}, "rag.top_k", "rag.top_k"),
+    ({"stream_options": {"include_usage": True, "include_obfuscation": True}},
+     "stream_options.include_obfuscation", "include_obfuscation"),
+    ({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "a", "schema": {"type": "object"}, "strictly": True}}},
+     "response_format.json_schema.strictly", "strictly"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "q", "cache": 1}]}]},
+     "messages[0].content[0].cache", "cache"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameter": {}}}]},
+     "tools[0].function.parameter", "parameter"),
     ({"top_logprobs": 2}, "top_logprobs", "needs logprobs: true"),
     ({"tool_choice": "required"}, "tool_choice", "needs tools"),
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
