@@ -52,6 +52,26 @@ def timed(fn, *args, **kw):
     return out, time.perf_counter() - t0
 
 
+def sentence_transformer_embeddings(path: str):
+    """LangChain `Embeddings` over a sentence-transformers model, as `HuggingFaceEmbeddings` of
+    langchain-huggingface is (`SentenceTransformer(path).encode`, normalised); written here because
+    langchain-huggingface 1.x would downgrade transformers and huggingface-hub."""
+    from langchain_core.embeddings import Embeddings
+    from sentence_transformers import SentenceTransformer
+
+    class STEmbeddings(Embeddings):
+        def __init__(self) -> None:
+            self.model = SentenceTransformer(path, device="cpu")
+
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            return self.model.encode(texts, normalize_embeddings=True).tolist()
+
+        def embed_query(self, text: str) -> list[float]:
+            return self.embed_documents([text])[0]
+
+    return STEmbeddings()
+
+
 def bench_ingest(settings_factory, corpus: Path, questions: list[dict]) -> dict:
     from ragtune import Collection
 
@@ -75,11 +95,9 @@ def bench_ingest(settings_factory, corpus: Path, questions: list[dict]) -> dict:
     # LangChain: the same chunk texts (read back from ragtune's store), FAISS.from_documents
     from langchain_community.vectorstores import FAISS
     from langchain_core.documents import Document
-    from langchain_huggingface import HuggingFaceEmbeddings
 
     docs = [Document(page_content=t, metadata={"source": s}) for s, t in col.chunks()]
-    emb = HuggingFaceEmbeddings(model_name=str(col.embedder.path), model_kwargs={"device": "cpu"},
-                                encode_kwargs={"normalize_embeddings": True})
+    emb = sentence_transformer_embeddings(str(col.embedder.path))
     emb.embed_query("warm up")
     _, t_lc = timed(FAISS.from_documents, docs, emb)
     out["langchain_s"] = t_lc
@@ -162,7 +180,7 @@ def markdown(res: dict) -> str:
         "| measure | value | target |",
         "|---|---|---|",
         f"| chunks (pydoc topics: {res['documents']} files) | {i['chunks']} | |",
-        f"| LangChain `FAISS.from_documents` + `HuggingFaceEmbeddings` | "
+        f"| LangChain `FAISS.from_documents` + sentence-transformers `Embeddings` | "
         f"{i['langchain_chunks_per_s']:.1f} chunks/s | baseline |",
         f"| ragtune ingest, torch fp32 | {i['ragtune_torch_chunks_per_s']:.1f} chunks/s "
         f"({i['speedup_torch_vs_langchain']:.2f}x) | |",
