@@ -16,8 +16,9 @@ import torch
 
 
 def make_adapter(settings: Any, base_dir: Path, name: str, seed: int, tmp: Path,
-                 system: str | None = None, dora: bool = False) -> Path:
-    """Register a LoRA adapter with random (non-zero) weights for the tiny base model."""
+                 system: str | None = None, dora: bool = False, identity: bool = False) -> Path:
+    """Register a LoRA adapter with random (non-zero) weights for the tiny base model; with
+    `identity`, peft's default init (B = 0: the adapted model answers as its base does)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -26,7 +27,7 @@ def make_adapter(settings: Any, base_dir: Path, name: str, seed: int, tmp: Path,
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(str(base_dir))
     peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                            use_dora=dora, init_lora_weights=False))
+                                            use_dora=dora, init_lora_weights=identity))
     out = tmp / f"{name}-{seed}-raw"
     peft.save_pretrained(out)
     meta = {"base_model": str(base_dir), "base_fingerprint": registry.model_fingerprint(base_dir),
