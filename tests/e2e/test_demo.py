@@ -1,7 +1,9 @@
 """`make demo`'s script in its quick mode, on the real embedded models: every step runs, the
 re-ingest after the price change re-embeds only the edited document, the server answers through
 the openai SDK and stops, and the evaluation table is printed. (The full demo trains and
-evaluates longer; it is timed in the closing notes, not here.)"""
+evaluates longer; it is timed in the closing notes, not here.) The demo's short real run of
+`ragtune train` is also the suite's check of what a real training leaves: the card, the
+registry's record, the adapter loading by name onto its base, and `ragtune ask` with it."""
 
 from __future__ import annotations
 
@@ -51,3 +53,42 @@ def test_demo_quick_runs_every_step(home, real_generator):
     assert all(int(mb) > 200 for stage, mb in peaks.items() if stage != "models"), peaks
     # the samples were copied, never edited in place
     assert "**Pro**: 39 EUR per month" in (REPO / "samples" / "acme" / "pricing.md").read_text()
+    _the_trained_adapter(home, env, log)
+
+
+def _the_trained_adapter(home, env, log):  # noqa: ANN001
+    """What the demo's real training left: its card and registry record, the adapter loading by
+    name onto the embedded base, and `ragtune ask` answering with it and a citation."""
+    assert "| validation loss (best) |" in log and "valid JSON" in log and "trained 2 steps in" in log
+    run = [sys.executable, "-m", "ragtune.cli"]
+    shown = subprocess.run(run + ["adapters", "show", "support-voice", "--json"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    card = json.loads(shown.stdout)
+    assert card["steps"] == 2 and card["data"]["train"] + card["data"]["val"] == 48
+    assert card["eval"]["forgetting"]["perplexity_before"] > 1
+
+    from ragtune.platform.models import load_generator
+    from ragtune.platform.settings import Settings
+    from ragtune.train import registry
+
+    settings = Settings(home=home)
+    version = registry.resolve(settings, "support-voice")
+    meta = registry.read_meta(version)
+    assert meta["base_model"] == "SmolLM2-135M-Instruct" and len(meta["data_sha256"]) == 64
+    assert meta["system_prompt"].startswith("You are Acme's support assistant")
+    model, tok = load_generator("SmolLM2-135M-Instruct", settings, device="cpu")
+    peft_model = registry.attach(model, version, settings.models_dir / "SmolLM2-135M-Instruct",
+                                 tokenizer=tok)
+    assert "default" in peft_model.peft_config
+
+    asked = subprocess.run(run + ["ask", "How much does the Pro plan cost per month?", "-c",
+                                  "acme", "--max-tokens", "48", "--json", "--adapter",
+                                  "support-voice"], env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert asked.returncode == 0, asked.stderr[-2000:]
+    answer = json.loads(asked.stdout)
+    assert answer["answer"] and answer["used"]["adapter"] == "support-voice@v1"
+    cited = [c for c in answer["citations"] if c["cited"]]
+    assert cited, answer  # a marker the model wrote, or attributed by overlap
+    kb = str(home / "demo" / "acme-kb")
+    assert all(c["source"].startswith(kb) and c["chunk_id"] >= 1 for c in cited)
