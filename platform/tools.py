@@ -128,5 +128,73 @@ def parse_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
         calls.append({"id": f"call_{secrets.token_hex(12)}", "type": "function",
                       "function": {"name": name, "arguments": json.dumps(arguments,
                                                                          ensure_ascii=False)}})
-    rest = CALL.sub("", text).strip() if calls else text
+    rest = (CALL.sub("", text) if calls else text).strip()  # as CallStream sends it
     return (rest or None), calls
+
+
+class CallStream:
+    """A tools answer split as it streams: text outside calls as it comes (a possible start of
+    `<tool_call>` held back, and whitespace until text follows it, as `parse_calls` strips it),
+    each call as soon as its end tag arrives. `feed` and `close` return the pieces in order:
+    ("text", str) or ("call", a call in OpenAI's shape)."""
+
+    def __init__(self) -> None:
+        self._buf = ""
+        self._space = ""  # whitespace held until text follows it
+        self._began = False  # some text was sent
+        self._in_call = False
+        self.calls = 0
+
+    def feed(self, piece: str) -> list[tuple[str, Any]]:
+        self._buf += piece
+        out: list[tuple[str, Any]] = []
+        while True:
+            if not self._in_call:
+                at = self._buf.find(OPEN)
+                if at == -1:
+                    keep = next((n for n in range(min(len(OPEN) - 1, len(self._buf)), 0, -1)
+                                 if self._buf.endswith(OPEN[:n])), 0)
+                    self._text(self._buf[:len(self._buf) - keep], out)
+                    self._buf = self._buf[len(self._buf) - keep:]
+                    return out
+                self._text(self._buf[:at], out)
+                self._buf, self._in_call = self._buf[at:], True
+            end = self._buf.find(CLOSE)
+            if end == -1:
+                return out
+            call, self._buf = self._buf[:end + len(CLOSE)], self._buf[end + len(CLOSE):]
+            self._in_call = False
+            self._call(call, out)
+
+    def close(self) -> list[tuple[str, Any]]:
+        """The rest: a last call whose end tag the budget cut (when it parses), else text."""
+        out: list[tuple[str, Any]] = []
+        rest, self._buf = self._buf, ""
+        if self._in_call:
+            self._call(rest, out)
+        else:
+            self._text(rest, out)
+        return out
+
+    def _call(self, text: str, out: list[tuple[str, Any]]) -> None:
+        _, calls = parse_calls(text)
+        if calls:
+            self.calls += 1
+            out.append(("call", calls[0]))
+        else:  # a call that does not parse stays text, as parse_calls leaves it
+            self._text(text, out)
+
+    def _text(self, text: str, out: list[tuple[str, Any]]) -> None:
+        if not text:
+            return
+        if not text.strip():
+            self._space += text
+            return
+        if self._began:
+            text = self._space + text
+        else:
+            text = text.lstrip()
+        self._space, self._began = "", True
+        stripped = text.rstrip()
+        self._space = text[len(stripped):]
+        out.append(("text", stripped))

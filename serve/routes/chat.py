@@ -167,7 +167,18 @@ async def chat_completions(body: ChatRequest, request: Request,
                                         "logprobs": lp}], **more}
             return f"data: {json.dumps(obj)}\n\n"
 
-        calls_only = params.response_format == "tools"  # parsed at the end, then sent
+        # with tools: text outside calls as it comes, each call as soon as it is complete
+        calls_only = params.response_format == "tools"
+        splitters = [tools.CallStream() for _ in turns]
+        sent_calls = [0] * len(turns)
+
+        def pieces(i: int, found: list[tuple[str, Any]]):
+            for kind, value in found:
+                if kind == "text":
+                    yield chunk(i, {"content": value})
+                else:
+                    yield chunk(i, {"tool_calls": [{"index": sent_calls[i], **value}]})
+                    sent_calls[i] += 1
 
         async def events():
             first, answers = True, {}
@@ -187,12 +198,9 @@ async def chat_completions(body: ChatRequest, request: Request,
                         record(answer)
                         finish = answer.finish_reason
                         if calls_only:
-                            message, finish = _message(answer, params)
-                            if message["content"]:
-                                yield chunk(i, {"content": message["content"]})
-                            if message.get("tool_calls"):
-                                yield chunk(i, {"tool_calls": [{"index": k, **c} for k, c in
-                                                               enumerate(message["tool_calls"])]})
+                            for piece in pieces(i, splitters[i].close()):
+                                yield piece
+                            finish = "tool_calls" if sent_calls[i] else finish
                         yield chunk(i, {}, finish, **_extra(answer))
                     elif ev.text or ev.logprobs:  # a held-back piece still has its tokens
                         if first and not turn.refusal:
@@ -201,6 +209,11 @@ async def chat_completions(body: ChatRequest, request: Request,
                         first = False
                         if not calls_only:
                             yield chunk(i, {"content": ev.text}, logprobs=ev.logprobs)
+                        else:
+                            for piece in pieces(i, splitters[i].feed(ev.text or "")):
+                                yield piece
+                            if ev.logprobs:  # the tokens' entries, whatever they became
+                                yield chunk(i, {}, logprobs=ev.logprobs)
                 if include_usage:
                     usage = _usage([answers[i] for i in sorted(answers)])
                     yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n"

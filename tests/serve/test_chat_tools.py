@@ -72,6 +72,30 @@ def test_tool_calls_stream_as_deltas_and_the_sdk_assembles_them(client):
         check(call)
 
 
+@pytest.mark.parametrize("choice", ["required", "auto"])
+def test_a_streamed_tools_answer_is_the_plain_one_sent_as_it_comes(client, choice):
+    """Streamed with tools: the same text and calls as the plain answer (greedy), the text as it
+    comes and each call in its own delta as soon as it is complete, before the final chunk."""
+    kw = {"model": "base", "messages": ASK, "tools": TOOLS, "tool_choice": choice,
+          "max_tokens": 90}
+    plain = client.chat.completions.create(**kw).choices[0]
+    chunks = list(client.chat.completions.create(**kw, stream=True))
+    deltas = [c.choices[0] for c in chunks if c.choices]
+    text = "".join(d.delta.content or "" for d in deltas) or None
+    calls = [(t.index, t.function.name, t.function.arguments)
+             for d in deltas for t in d.delta.tool_calls or []]
+    assert text == plain.message.content
+    assert calls == [(k, c.function.name, c.function.arguments)
+                     for k, c in enumerate(plain.message.tool_calls or [])]
+    assert deltas[-1].finish_reason == plain.finish_reason
+    assert all(not d.delta.tool_calls for d in deltas[-1:])  # calls came before the end
+    assert all(len(d.delta.tool_calls or []) <= 1 for d in deltas)  # one call per delta
+    if choice == "required":
+        assert len(calls) >= 1
+    else:  # this tiny model answers in text: it streams in pieces, not once at the end
+        assert text and sum(bool(d.delta.content) for d in deltas) > 3
+
+
 def test_a_conversation_with_calls_and_results_goes_on(client):
     first = client.chat.completions.create(model="base", messages=ASK, tools=TOOLS,
                                            tool_choice="required", max_tokens=60)
