@@ -162,6 +162,13 @@ def _attach(request: Request, who: Principal, vs_id: str, file_id: Any,
     stores.save(rec)
 
     def run(job: dict) -> dict:
+        with stores._lock:  # a cancel that came while the file waited wins; after this, not
+            now = stores.load(vs_id)
+            entry = now["_files"].get(file_id)
+            if entry is None or entry["status"] == "cancelled":
+                return {"cancelled": file_id}
+            entry["_started"] = True
+            stores.save(now)
         try:
             kept.mkdir(parents=True, exist_ok=True)
             tmp = kept / f".incoming-{secrets.token_hex(6)}"
@@ -206,10 +213,19 @@ def list_files(vs_id: str, request: Request, after: str | None = None,
                limit: int = Query(20, ge=1, le=100), order: str = "desc",
                filter: str | None = None, who: Principal = Depends(principal)) -> dict[str, Any]:
     rec = _visible(request, who, vs_id)
-    rows = [file_object(rec, f) for f in rec["_files"]]
+    return _file_page(rec, list(rec["_files"]), after, limit, order, filter)
+
+
+def _file_page(rec: dict[str, Any], ids: list[str], after: str | None, limit: int, order: str,
+               status: str | None) -> dict[str, Any]:
+    if order not in ("asc", "desc"):
+        raise RagtuneError("order: asc or desc", param="order")
+    if status not in (None, "in_progress", "completed", "failed", "cancelled"):
+        raise RagtuneError("filter: in_progress, completed, failed or cancelled", param="filter")
+    rows = [file_object(rec, f) for f in ids]
     rows.sort(key=lambda r: r["created_at"], reverse=order == "desc")
-    if filter is not None:
-        rows = [r for r in rows if r["status"] == filter]
+    if status is not None:
+        rows = [r for r in rows if r["status"] == status]
     return page(rows, after, limit, "file")
 
 
@@ -224,13 +240,25 @@ def detach_file(vs_id: str, file_id: str, request: Request, who: Principal = Dep
                 ) -> dict[str, Any]:
     """Take a file out of the store: its document leaves the collection (the file stays in
     /v1/files)."""
-    from ragtune.ingest.collection import Collection
 
-    st = state(request)
     rec = _visible(request, who, vs_id)
     file_object(rec, file_id)  # 404 when not attached
     if rec["_files"][file_id]["status"] == "in_progress":
         raise RagtuneError(f"file {file_id} is still being ingested: detach it when done")
+    _detach(request, rec, file_id)
+    stores = _stores(request)
+    with stores._lock:
+        rec = stores.load(vs_id)
+        del rec["_files"][file_id]
+        stores.save(rec)
+    return {"id": file_id, "object": "vector_store.file.deleted", "deleted": True}
+
+
+def _detach(request: Request, rec: dict[str, Any], file_id: str) -> None:
+    """The file's document out of the store's collection, and its kept copy removed."""
+    from ragtune.ingest.collection import Collection
+
+    st = state(request)
     kept = st.settings.home / "uploads" / rec["_collection"]
     for path in kept.glob(f"{file_id}__*"):
         col = Collection.open(rec["_collection"], st.settings, create=False)
@@ -239,12 +267,6 @@ def detach_file(vs_id: str, file_id: str, request: Request, who: Principal = Dep
         finally:
             col.close()
         path.unlink(missing_ok=True)
-    stores = _stores(request)
-    with stores._lock:
-        rec = stores.load(vs_id)
-        del rec["_files"][file_id]
-        stores.save(rec)
-    return {"id": file_id, "object": "vector_store.file.deleted", "deleted": True}
 
 
 def _batch(rec: dict[str, Any], batch_id: str) -> dict[str, Any]:
@@ -255,10 +277,11 @@ def _batch(rec: dict[str, Any], batch_id: str) -> dict[str, Any]:
     counts = {s: sum(f["status"] == s for f in files)
               for s in ("in_progress", "completed", "failed", "cancelled")}
     counts["total"] = len(batch["file_ids"])
+    status = ("in_progress" if counts["in_progress"] else "cancelled" if batch.get("cancelled")
+              else "failed" if counts["failed"] == counts["total"] else "completed")
     return {"id": batch_id, "object": "vector_store.files_batch",
             "created_at": batch["created_at"], "vector_store_id": rec["id"],
-            "status": "in_progress" if counts["in_progress"] else "completed",
-            "file_counts": counts}
+            "status": status, "file_counts": counts}
 
 
 @router.post("/{vs_id}/file_batches")
@@ -287,6 +310,55 @@ def create_batch(vs_id: str, request: Request, body: dict[str, Any] = Body(...),
 def get_batch(vs_id: str, batch_id: str, request: Request, who: Principal = Depends(principal)
               ) -> dict[str, Any]:
     return _batch(_visible(request, who, vs_id), batch_id)
+
+
+@router.get("/{vs_id}/file_batches/{batch_id}/files")
+def list_batch_files(vs_id: str, batch_id: str, request: Request, after: str | None = None,
+                     limit: int = Query(20, ge=1, le=100), order: str = "desc",
+                     filter: str | None = None, who: Principal = Depends(principal)
+                     ) -> dict[str, Any]:
+    """The batch's files (still attached), as `GET .../files` lists them."""
+    rec = _visible(request, who, vs_id)
+    _batch(rec, batch_id)
+    ids = [f for f in rec["_batches"][batch_id]["file_ids"] if f in rec["_files"]]
+    return _file_page(rec, ids, after, limit, order, filter)
+
+
+@router.post("/{vs_id}/file_batches/{batch_id}/cancel")
+def cancel_batch(vs_id: str, batch_id: str, request: Request,
+                 who: Principal = Depends(principal)) -> dict[str, Any]:
+    """Files of the batch that still wait are not ingested (status `cancelled`); one being
+    ingested finishes (its document is then in the collection: `completed`)."""
+    _visible(request, who, vs_id)
+    stores = _stores(request)
+    with stores._lock:
+        rec = stores.load(vs_id)
+        _batch(rec, batch_id)
+        batch = rec["_batches"][batch_id]
+        batch["cancelled"] = True
+        for f in batch["file_ids"]:
+            entry = rec["_files"].get(f)
+            if entry and entry["status"] == "in_progress" and not entry.get("_started"):
+                entry["status"] = "cancelled"
+        stores.save(rec)
+    return _batch(rec, batch_id)
+
+
+@router.post("/{vs_id}/files/{file_id}")
+def update_file(vs_id: str, file_id: str, request: Request, body: dict[str, Any] = Body(...),
+                who: Principal = Depends(principal)) -> dict[str, Any]:
+    """New `attributes` for an attached file: its document is ingested again with them, in the
+    background (status `in_progress`, then `completed`), so every chunk carries them."""
+    _only(body, ("attributes",), "vector store file update")
+    if "attributes" not in body:
+        raise RagtuneError("attributes: the file's new attributes (an object)", param="attributes")
+    attributes = check_attributes(body["attributes"])
+    rec = _visible(request, who, vs_id)
+    file_object(rec, file_id)  # 404 when not attached
+    if rec["_files"][file_id]["status"] == "in_progress":
+        raise RagtuneError(f"file {file_id} is still being ingested: update it when done")
+    _detach(request, rec, file_id)
+    return _attach(request, who, vs_id, file_id, attributes)
 
 
 @router.post("/{vs_id}/search")

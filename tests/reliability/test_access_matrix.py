@@ -115,6 +115,11 @@ MATRIX = {
            ("DELETE", "/files/{file_id}", "/files/file-x", None, "ingest"),
            ("POST", "/file_batches", "/file_batches", {"file_ids": ["file-x"]}, "ingest"),
            ("GET", "/file_batches/{batch_id}", "/file_batches/vsfb_x", None, "query"),
+           ("GET", "/file_batches/{batch_id}/files", "/file_batches/vsfb_x/files", None,
+            "query"),
+           ("POST", "/file_batches/{batch_id}/cancel", "/file_batches/vsfb_x/cancel", None,
+            "ingest"),
+           ("POST", "/files/{file_id}", "/files/file-x", {"attributes": {}}, "ingest"),
            ("POST", "/search", "/search", {"query": "q"}, "query"))},
     "POST /v1/fine_tuning/jobs": (
         ("POST", "/v1/fine_tuning/jobs", {"json": {"model": "base", "training_file": "file-x"}}),

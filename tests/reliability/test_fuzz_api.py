@@ -48,6 +48,8 @@ FEWER = ("/v1/files", "/v1/files/{file_id}", "/v1/files/{file_id}/content",
          "/v1/vector_stores/{vs_id}", "/v1/vector_stores/{vs_id}/files",
          "/v1/vector_stores/{vs_id}/files/{file_id}", "/v1/vector_stores/{vs_id}/file_batches",
          "/v1/vector_stores/{vs_id}/file_batches/{batch_id}", "/v1/vector_stores/{vs_id}/search",
+         "/v1/vector_stores/{vs_id}/file_batches/{batch_id}/files",
+         "/v1/vector_stores/{vs_id}/file_batches/{batch_id}/cancel",
          "/v1/responses/{response_id}", "/v1/responses/{response_id}/input_items",
          "/v1/models/{model_id}")
 MORE = {**dict.fromkeys(FEWER, 0.3),

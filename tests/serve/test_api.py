@@ -44,6 +44,7 @@ def served(tmp_path_factory, tiny_lm_dir):
     with Server(with_limits(app, settings)) as server:
         server.settings = settings
         server.engine = engine
+        server.app = app
         yield server
     engine.close()
 

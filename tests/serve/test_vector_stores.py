@@ -119,3 +119,49 @@ def test_file_attributes_filter_search_and_file_search(client):
     none = client.vector_stores.search(store.id, query="revenue", filters={
         "type": "eq", "key": "region", "value": "e*"}).data
     assert none == []  # an equality, not a glob
+
+
+def test_attributes_change_after_attach_and_every_chunk_carries_them(client):
+    store = client.vector_stores.create(name="update")
+    f = client.files.create(file=("memo.md", b"# Memo\n\nThe office moves in May.\n"),
+                            purpose="assistants")
+    client.vector_stores.files.create_and_poll(vector_store_id=store.id, file_id=f.id,
+                                               attributes={"draft": True}, poll_interval_ms=200)
+    updated = client.vector_stores.files.update(file_id=f.id, vector_store_id=store.id,
+                                                attributes={"draft": False, "year": 2026})
+    assert updated.attributes == {"draft": False, "year": 2026}
+    done = client.vector_stores.files.poll(f.id, vector_store_id=store.id, poll_interval_ms=200)
+    assert done.status == "completed"
+    hits = client.vector_stores.search(store.id, query="office move", filters={
+        "type": "eq", "key": "draft", "value": False}).data
+    assert [h.file_id for h in hits] == [f.id] and hits[0].attributes["year"] == 2026
+    assert not client.vector_stores.search(store.id, query="office move", filters={
+        "type": "eq", "key": "draft", "value": True}).data  # the old attributes are gone
+    with pytest.raises(openai.BadRequestError):
+        client.vector_stores.files.update(file_id=f.id, vector_store_id=store.id,
+                                          attributes={"x": {"nested": 1}})
+
+
+def test_a_batch_lists_its_files_and_a_cancel_stops_the_waiting_ones(client, served):  # noqa: F811
+    store = client.vector_stores.create(name="batches")
+    ids = [client.files.create(file=(f"n{i}.md", f"# Note {i}\n\nItem {i} ships.\n".encode()),
+                               purpose="assistants").id for i in range(3)]
+    # the job worker is held busy, so the batch's files wait in its queue
+    gate = __import__("threading").Event()
+    served.app.state.ragtune.jobs.submit("hold", {}, lambda job: gate.wait(30))
+    batch = client.vector_stores.file_batches.create(vector_store_id=store.id, file_ids=ids)
+    cancelled = client.vector_stores.file_batches.cancel(batch.id, vector_store_id=store.id)
+    gate.set()
+    assert cancelled.status == "cancelled" and cancelled.file_counts.cancelled == 3
+    listed = client.vector_stores.file_batches.list_files(batch.id, vector_store_id=store.id)
+    assert sorted(x.id for x in listed) == sorted(ids)
+    assert {x.status for x in listed} == {"cancelled"}
+    only = client.vector_stores.file_batches.list_files(batch.id, vector_store_id=store.id,
+                                                         filter="completed")
+    assert list(only) == []
+    again = client.vector_stores.file_batches.create_and_poll(
+        vector_store_id=store.id, file_ids=ids[:1], poll_interval_ms=200)
+    assert again.status == "completed" and again.file_counts.completed == 1
+    assert client.vector_stores.search(store.id, query="Item 0 ships").data[0].file_id == ids[0]
+    assert not any(h.file_id in ids[1:] for h in client.vector_stores.search(
+        store.id, query="Item ships", max_num_results=10).data)
