@@ -27,7 +27,9 @@ class Body(BaseModel):
     def unknown_fields(self, prefix: str = "") -> list[str]:
         """The fields this object and the objects in it do not have, as paths
         (`messages[0].foo`, `rag.bar`), save the IGNORED ones."""
-        out = [prefix + k for k in (self.model_extra or {}) if k not in self.IGNORED]
+        # a field sent as null asks for nothing (SDK objects dumped back: `audio: None`)
+        out = [prefix + k for k, v in (self.model_extra or {}).items()
+               if k not in self.IGNORED and v is not None]
         for name in type(self).model_fields:
             value = getattr(self, name)
             items = enumerate(value) if isinstance(value, list) else [(None, value)]
@@ -92,18 +94,20 @@ class TextPart(Body):
 
 
 class FunctionCall(Body):
+    IGNORED = ("parsed_arguments",)  # the openai SDK's parse helpers add it to a call
     name: str
     arguments: str = Field(description="the arguments, a JSON object in a string")
 
 
 class ToolCall(Body):
+    IGNORED = ("index",)  # a streamed call, assembled by the openai SDK, keeps its index
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
 class Message(Body):
-    IGNORED = ("name", "refusal", "annotations")
+    IGNORED = ("name", "refusal", "annotations", "parsed")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     tool_calls: list[ToolCall] | None = Field(None, description="an assistant's calls")

@@ -96,6 +96,20 @@ def test_a_streamed_tools_answer_is_the_plain_one_sent_as_it_comes(client, choic
         assert text and sum(bool(d.delta.content) for d in deltas) > 3
 
 
+def test_a_message_the_sdk_assembled_goes_back_as_it_is(client):
+    """What agent loops send back: the SDK's own message object dumped whole (its nulls, a
+    streamed call's `index`, the parse helpers' `parsed` and `parsed_arguments`)."""
+    with client.chat.completions.stream(model="base", messages=ASK, tools=TOOLS, max_tokens=60,
+                                        tool_choice="required") as stream:
+        message = stream.get_final_completion().choices[0].message
+    dumped = message.model_dump()
+    assert "index" in dumped["tool_calls"][0] and "parsed" in dumped and dumped["audio"] is None
+    history = ASK + [dumped] + [{"role": "tool", "tool_call_id": c.id, "content": "18 C"}
+                                for c in message.tool_calls]
+    r = client.chat.completions.create(model="base", messages=history, max_tokens=4)
+    assert r.choices[0].message.content is not None
+
+
 def test_a_conversation_with_calls_and_results_goes_on(client):
     first = client.chat.completions.create(model="base", messages=ASK, tools=TOOLS,
                                            tool_choice="required", max_tokens=60)
