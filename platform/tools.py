@@ -119,16 +119,19 @@ def parse_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
     """(the answer's text outside calls, or None; the calls in OpenAI's shape). A call that does
     not parse (a budget that ended inside it) stays in the text."""
     calls = []
-    for m in CALL.finditer(text):
+
+    def take(m: re.Match) -> str:
         try:
             call = json.loads(m.group(1))
             name, arguments = call["name"], call["arguments"]
         except (ValueError, KeyError, TypeError):
-            continue
+            return m.group(0)  # stays text
         calls.append({"id": f"call_{secrets.token_hex(12)}", "type": "function",
                       "function": {"name": name, "arguments": json.dumps(arguments,
                                                                          ensure_ascii=False)}})
-    rest = (CALL.sub("", text) if calls else text).strip()  # as CallStream sends it
+        return ""
+
+    rest = CALL.sub(take, text).strip()  # as CallStream sends it
     return (rest or None), calls
 
 

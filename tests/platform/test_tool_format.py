@@ -49,3 +49,25 @@ def test_calls_are_read_back_and_the_rest_is_text():
     assert json.loads(calls[0]["function"]["arguments"]) == {"a": 1}
     assert parse_calls("no calls") == ("no calls", [])
     assert parse_calls('<tool_call>{"name": "f", "argu')[1] == []  # cut: stays text
+
+
+@pytest.mark.parametrize("text", [
+    'Sure. <tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>\n'
+    '<tool_call>{"name": "g", "arguments": {}}</tool_call>',
+    '<tool_call>{"name": "f", "arguments": {"a": "x<tool"}}</tool_call>\n'
+    '<tool_call>{"name": "g", "arguments": {"b": 2}}',  # the last end tag cut by the budget
+    '<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>\n<tool_call>{"name": "f", "ar',
+    "plain text, no calls <tool", " hello\n\nworld  ", '<tool_call>{"name": "f", "argu',
+    'a <tool_call>{"name": "f", "arguments": {}}</tool_call> then b'])
+@pytest.mark.parametrize("step", [1, 3, 1000])
+def test_a_streamed_answer_splits_into_the_text_and_calls_parse_calls_finds(text, step):
+    from ragtune.platform.tools import CallStream
+
+    stream, out = CallStream(), []
+    for i in range(0, len(text), step):
+        out += stream.feed(text[i:i + step])
+    out += stream.close()
+    content, calls = parse_calls(text)
+    assert ("".join(v for k, v in out if k == "text") or None) == content
+    assert [v["function"] | {"i": 0} for k, v in out if k == "call"] == [
+        c["function"] | {"i": 0} for c in calls]
