@@ -31,10 +31,19 @@ def stored_file(source: str) -> tuple[str, str] | None:
     return (m[1], m[2]) if m else None
 
 
+_LOCKS: dict[Path, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
 class VectorStores:
+    """The stores' records under `folder`. Every instance over one folder shares one lock (the
+    routes make an instance per request, the job worker writes from its thread): a record's
+    load-edit-save is held under it."""
+
     def __init__(self, folder: Path):
         self.folder = folder
-        self._lock = threading.RLock()
+        with _LOCKS_GUARD:
+            self._lock = _LOCKS.setdefault(folder.resolve(), threading.RLock())
 
     def _path(self, vs_id: str) -> Path:
         if not re.fullmatch(r"vs_[a-f0-9]{24}", vs_id or ""):

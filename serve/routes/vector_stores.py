@@ -150,16 +150,18 @@ def _attach(request: Request, who: Principal, vs_id: str, file_id: Any,
         raise RagtuneError(f"file {file_id} has purpose {meta['purpose']!r}: vector stores take "
                            f"{' or '.join(ATTACHABLE)} files", param="file_id")
     stores = _stores(request)
-    rec = stores.load(vs_id)
-    collection = rec["_collection"]
+    collection = stores.load(vs_id)["_collection"]
     kept = st.settings.home / "uploads" / collection
     dest = kept / stored_name(f"{file_id}__{meta['filename']}")
-    rec["_files"][file_id] = {"status": "in_progress", "created_at": int(time.time()),
-                              "last_error": None, "usage_bytes": meta["bytes"],
-                              "attributes": attributes, "chunk_tokens": st.settings.chunk_tokens,
-                              "overlap": st.settings.chunk_overlap}
-    rec["last_active_at"] = int(time.time())
-    stores.save(rec)
+    with stores._lock:
+        rec = stores.load(vs_id)
+        rec["_files"][file_id] = {"status": "in_progress", "created_at": int(time.time()),
+                                  "last_error": None, "usage_bytes": meta["bytes"],
+                                  "attributes": attributes,
+                                  "chunk_tokens": st.settings.chunk_tokens,
+                                  "overlap": st.settings.chunk_overlap}
+        rec["last_active_at"] = int(time.time())
+        stores.save(rec)
 
     def run(job: dict) -> dict:
         with stores._lock:  # a cancel that came while the file waited wins; after this, not
@@ -335,11 +337,11 @@ def cancel_batch(vs_id: str, batch_id: str, request: Request,
         rec = stores.load(vs_id)
         _batch(rec, batch_id)
         batch = rec["_batches"][batch_id]
-        batch["cancelled"] = True
         for f in batch["file_ids"]:
             entry = rec["_files"].get(f)
             if entry and entry["status"] == "in_progress" and not entry.get("_started"):
                 entry["status"] = "cancelled"
+                batch["cancelled"] = True  # a batch with nothing left to stop keeps its status
         stores.save(rec)
     return _batch(rec, batch_id)
 
@@ -357,6 +359,7 @@ def update_file(vs_id: str, file_id: str, request: Request, body: dict[str, Any]
     file_object(rec, file_id)  # 404 when not attached
     if rec["_files"][file_id]["status"] == "in_progress":
         raise RagtuneError(f"file {file_id} is still being ingested: update it when done")
+    state(request).files.get(file_id, owner_scope(who))  # 404 before anything is taken out
     _detach(request, rec, file_id)
     return _attach(request, who, vs_id, file_id, attributes)
 
