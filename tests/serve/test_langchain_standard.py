@@ -78,7 +78,8 @@ class TestRagtuneChatOpenAI(ChatModelIntegrationTests):
     def _model_limits(self, request: Any) -> None:
         reason = MODEL_LIMITS.get(request.node.originalname)
         if reason:
-            request.applymarker(pytest.mark.xfail(reason=f"SmolLM2-135M: {reason}", strict=True))
+            # not strict: greedy decoding on another CPU may break a near-tie the other way
+            request.applymarker(pytest.mark.xfail(reason=f"SmolLM2-135M: {reason}", strict=False))
 
     @property
     def chat_model_class(self) -> type[ChatOpenAI]:
