@@ -10,7 +10,7 @@ child's log of what was acknowledged:
   recorded dimension; a known chunk is found at rank 1.
 
 Children fork from a forkserver that has imported torch and ragtune once, so a kill costs a
-fork, not an interpreter start: `RAGTUNE_CRASH_KILLS` kills (50 by default) take about a minute.
+fork, not an interpreter start: `RAGTUNE_CRASH_KILLS` kills (30 by default) take under a minute.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 import pytest
 
-KILLS = int(os.environ.get("RAGTUNE_CRASH_KILLS", "50"))
+KILLS = int(os.environ.get("RAGTUNE_CRASH_KILLS", "30"))
 DOCS = 40  # the pool of document names the child writes, replaces and deletes
 WORDS = ("invoice refund depot pallet courier warranty ledger tariff voucher parcel freight "
          "customs quota rebate ticket escrow audit margin batch serial").split()
