@@ -31,8 +31,6 @@ from ragtune.generate.grammar import closing_reserve
 from ragtune.generate.handle import Handle
 from ragtune.platform.errors import OverloadedError
 from ragtune.platform.settings import Settings
-from ragtune.platform.tools import CLOSE as TOOL_CLOSE
-from ragtune.platform.tools import OPEN as TOOL_OPEN
 from ragtune.platform.types import GenEvent, GenParams
 
 log = logging.getLogger("ragtune.engine")
@@ -427,9 +425,12 @@ def _closable(p: GenParams, text: str) -> bool:
     answers that are tool calls only, and in `auto` mode a call that has begun (free text
     before it is left alone)."""
     if p.response_format == "tools":
-        if (p.tool_grammar or {}).get("format", {}).get("type") == "tags_with_separator":
+        fmt = (p.tool_grammar or {}).get("format", {})
+        if fmt.get("type") == "tags_with_separator":
             return True
-        return text.count(TOOL_OPEN) > text.count(TOOL_CLOSE)
+        ends = {tag["end"] for tag in fmt.get("tags", [])}  # a call's end (tools.ToolFormat)
+        opened = sum(text.count(t) for t in fmt.get("triggers", []))
+        return opened > sum(text.count(e) for e in ends)
     return True
 
 

@@ -17,6 +17,7 @@ from ragtune.platform.errors import RagtuneError
 from ragtune.platform.guard import special_tokens
 from ragtune.platform.prompt import render
 from ragtune.platform.settings import Settings
+from ragtune.platform.tools import ToolFormat, tool_format
 from ragtune.platform.types import GenEvent, GenHandle, GenParams, ModelRef
 from ragtune.train.refs import resolve_ref
 
@@ -40,9 +41,15 @@ class PromptSide:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        text = render(self.tokenizer, messages, add_generation_prompt=True)
+    def prompt_ids(self, messages: list[dict[str, str]],
+                   tools: list[dict[str, Any]] | None = None) -> list[int]:
+        text = render(self.tokenizer, messages, add_generation_prompt=True, tools=tools)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @property
+    def tool_format(self) -> ToolFormat:
+        """How this model's chat template writes tool calls (its own, or the fallback)."""
+        return tool_format(self.tokenizer)
 
     def special_tokens(self) -> list[str]:
         """The tokenizer's control tokens (the injection guard removes them from documents)."""
@@ -63,10 +70,11 @@ class PromptSide:
                 "conversation, lower max_tokens or retrieve fewer chunks")
 
     def generate(self, messages: list[dict[str, str]], params: GenParams | None = None,
-                 model: str | None = None) -> tuple[str, GenEvent]:
+                 model: str | None = None, tools: list[dict[str, Any]] | None = None
+                 ) -> tuple[str, GenEvent]:
         """Blocking convenience: the whole completion text and its last event."""
         ref = self.resolve_model(model)
-        handle = self.submit(self.prompt_ids(messages), params or GenParams(), ref.adapter,
+        handle = self.submit(self.prompt_ids(messages, tools), params or GenParams(), ref.adapter,
                              ref.folder)
         text, last = "", GenEvent()
         for ev in handle.events():

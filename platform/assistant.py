@@ -16,6 +16,7 @@ no one gave the model (`platform.guard`).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -64,6 +65,7 @@ class TurnRequest:
     model: str | None = None
     rag: RagSpec | None = None
     auto_retrieval: bool = True
+    tools: list[dict[str, Any]] | None = None  # for the chat template (tools.ToolFormat.messages)
 
 
 @dataclass
@@ -80,6 +82,7 @@ class Prepared:
     generation: int | None = None
     protected: str = ""  # the system prompt(s): what an answer must not leak
     public: str = ""  # what the model was shown that is no secret: user turns, sources
+    tools: list[dict[str, Any]] | None = None  # the tools the chat template renders
 
 
 @dataclass
@@ -137,7 +140,8 @@ class Assistant:
             protected.insert(0, system)
         prep.protected = "\n".join(str(p) for p in protected)
         prep.public = "\n".join([str(m.get("content") or "") for m in conversation
-                                 if m.get("role") == "user"] + [c.text for c in prep.sources])
+                                 if m.get("role") in ("user", "tool")]
+                                + [c.text for c in prep.sources])
         return prep
 
     # -- before generation --------------------------------------------------------------------
@@ -249,7 +253,8 @@ class Assistant:
         through the chooser), `authorize` (adapter, collection), retrieval and the prompt."""
         params = req.params
         gen = self.generator
-        gen.check_fits(sum(gen.count_tokens(str(m.get("content") or "")) for m in req.messages),
+        gen.check_fits(sum(gen.count_tokens(str(m.get("content") or "")) for m in req.messages)
+                       + (gen.count_tokens(json.dumps(req.tools)) if req.tools else 0),
                        params.max_tokens)
         gen.check_room()
         model, rag, choice = req.model, req.rag, None
@@ -276,6 +281,7 @@ class Assistant:
         prep = self.prepare(req.messages, retriever, rag.k if rag else 5,
                             rag.mode if rag else "dense", rag.where if rag else None, collection,
                             params.response_format, system, ref.adapter)
+        prep.tools = req.tools
         used = self.used(ref, params)
         if choice is not None:
             used["auto"] = choice.summary()
@@ -337,7 +343,8 @@ class Turn:
         with `loop`, the events are read with `aevents` on that loop."""
         if self.handle is None and not self.refusal:
             gen = self.assistant.generator
-            self.handle = gen.submit(gen.prompt_ids(self.prep.messages), self.params,
+            self.handle = gen.submit(gen.prompt_ids(self.prep.messages, self.prep.tools),
+                                     self.params,
                                      self.ref.adapter, self.ref.folder, loop=loop)
         return self
 

@@ -63,9 +63,13 @@ def build_messages(
     return messages
 
 
-def render(tokenizer: Any, messages: Sequence[dict[str, str]],
-           add_generation_prompt: bool = False) -> str:
-    """The model's own chat template applied to `messages`, as text."""
+def render(tokenizer: Any, messages: Sequence[dict[str, Any]],
+           add_generation_prompt: bool = False, tools: Sequence[dict[str, Any]] | None = None) -> str:
+    """The model's own chat template applied to `messages`, as text; `tools` for a template
+    that renders tool definitions itself (platform/tools.py: the native format)."""
+    if tools:
+        return tokenizer.apply_chat_template(list(messages), tools=list(tools), tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
     return tokenizer.apply_chat_template(
         list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
     )

@@ -99,7 +99,16 @@ class Generator(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
-    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]: ...
+    def prompt_ids(self, messages: list[dict[str, str]],
+                   tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """The prompt's token ids: `messages` through the chat template (with `tools` for a
+        template that renders them itself)."""
+        ...
+
+    @property
+    def tool_format(self) -> Any:
+        """How the model writes tool calls: a platform.tools.ToolFormat."""
+        ...
 
     def resolve_model(self, name: str | None) -> ModelRef: ...
 

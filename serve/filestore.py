@@ -47,7 +47,7 @@ def check_training_lines(data: bytes, what: str) -> int:
         if not line.strip():
             continue
         try:
-            to_messages(json.loads(line))
+            to_messages(json.loads(line))  # the format's checks (the tools' format: at training)
             examples += 1
         except RecursionError:
             problems.append(f"line {n}: nested too deeply")

@@ -20,6 +20,7 @@ from typing import Any
 
 from ragtune.platform.errors import RagtuneError
 from ragtune.platform.prompt import render
+from ragtune.platform.tools import FALLBACK, ToolFormat, tool_format
 
 ROLES = {"system", "user", "assistant"}
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -30,6 +31,7 @@ class Example:
     messages: list[dict[str, str]]
     line: int
     mask_facts: list[str] = field(default_factory=list)  # kept out of the loss (facts guard)
+    tools: list[dict[str, Any]] | None = None  # for a chat template that renders them itself
 
 
 @dataclass
@@ -76,8 +78,11 @@ def _text(obj: dict[str, Any], key: str) -> str:
     return value
 
 
-def to_messages(obj: Any) -> tuple[str, list[dict[str, str]]]:
-    """(format name, messages) for one parsed line; ValueError with the reason otherwise."""
+def to_messages(obj: Any, tool_fmt: ToolFormat = FALLBACK
+                ) -> tuple[str, list[dict[str, str]], list[dict[str, Any]] | None]:
+    """(format name, messages, tools for the chat template) for one parsed line; ValueError
+    with the reason otherwise. A line with tools is rendered in `tool_fmt`, the base model's
+    tool format (platform/tools.py), as the server renders it."""
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     if "messages" in obj:
@@ -91,9 +96,9 @@ def to_messages(obj: Any) -> tuple[str, list[dict[str, str]]]:
                              "line with tools and tool_calls, OpenAI's current format")
         if "tools" in obj or any(isinstance(m, dict) and ("tool_calls" in m or
                                                           m.get("role") == "tool") for m in msgs):
-            out, fmt = _tool_messages(obj), "chat-tools"
+            (out, tools), fmt = _tool_messages(obj, tool_fmt), "chat-tools"
         else:
-            out, fmt = [], "chat"
+            out, fmt, tools = [], "chat", None
             for i, m in enumerate(msgs):
                 if not isinstance(m, dict) or "role" not in m:
                     raise ValueError(f"message {i} has no 'role'")
@@ -107,14 +112,14 @@ def to_messages(obj: Any) -> tuple[str, list[dict[str, str]]]:
     elif "prompt" in obj and "completion" in obj:
         out = [{"role": "user", "content": _text(obj, "prompt")},
                {"role": "assistant", "content": _text(obj, "completion")}]
-        fmt = "prompt-completion"
+        fmt, tools = "prompt-completion", None
     elif "instruction" in obj and "output" in obj:
         user, extra = _text(obj, "instruction"), _text(obj, "input")
         if extra:
             user = f"{user}\n\n{extra}"
         out = [{"role": "user", "content": user},
                {"role": "assistant", "content": _text(obj, "output")}]
-        fmt = "alpaca"
+        fmt, tools = "alpaca", None
     else:
         raise ValueError(
             "unknown format: expected 'messages', 'prompt'+'completion', or "
@@ -129,16 +134,14 @@ def to_messages(obj: Any) -> tuple[str, list[dict[str, str]]]:
         raise ValueError("no assistant turn: nothing to learn from")
     if out[-1]["role"] != "assistant":
         raise ValueError("the last message is not from the assistant")
-    return fmt, out
+    return fmt, out, tools
 
 
-def _tool_messages(obj: dict[str, Any]) -> list[dict[str, str]]:
-    """A line in OpenAI's fine-tuning format with tools: the messages as the server renders
-    them (platform/tools.py: the tools in the system message, calls as `<tool_call>` text,
-    results as `<tool_response>` turns), so the adapter learns the format it is served with."""
-    from ragtune.platform.errors import RagtuneError
-    from ragtune.platform.tools import plain_messages
-
+def _tool_messages(obj: dict[str, Any], tool_fmt: ToolFormat
+                   ) -> tuple[list[dict[str, str]], list[dict[str, Any]] | None]:
+    """A line in OpenAI's fine-tuning format with tools: the messages (and the tools for the
+    template) as the server renders them in the model's tool format (platform/tools.py), so
+    the adapter learns the format it is served with."""
     tools = obj.get("tools") or []
     if not isinstance(tools, list) or not all(
             isinstance(t, dict) and isinstance(t.get("function"), dict)
@@ -164,10 +167,9 @@ def _tool_messages(obj: dict[str, Any]) -> list[dict[str, str]]:
         msgs.append({"role": m["role"], "content": content, "tool_calls": calls,
                      "tool_call_id": m.get("tool_call_id")})
     try:
-        out = plain_messages(msgs, tools, "auto")
+        return tool_fmt.messages(msgs, tools, "auto")
     except RagtuneError as e:
         raise ValueError(str(e)) from None
-    return out
 
 
 def _norm(messages: list[dict[str, str]]) -> str:
@@ -191,6 +193,7 @@ def load_examples(
     except OSError as e:
         raise RagtuneError(f"cannot read training data {path}: {e.strerror}") from e
     report = DataReport(str(path), hashlib.sha256(raw).hexdigest())
+    tool_fmt = tool_format(tokenizer)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -203,7 +206,7 @@ def load_examples(
             continue
         report.lines += 1
         try:
-            fmt, messages = to_messages(json.loads(line))
+            fmt, messages, tools = to_messages(json.loads(line), tool_fmt)
         except json.JSONDecodeError as e:
             report.problems.append((n, f"bad JSON: {e.msg} at column {e.colno}"))
             continue
@@ -213,22 +216,23 @@ def load_examples(
         except RecursionError:
             report.problems.append((n, "bad JSON: nested too deeply"))
             continue
-        length = len(tokenizer(render(tokenizer, messages), add_special_tokens=False).input_ids)
+        length = len(tokenizer(render(tokenizer, messages, tools=tools),
+                               add_special_tokens=False).input_ids)
         if length > max_seq_len:
             report.problems.append((n, f"{length} tokens is longer than max_seq_len {max_seq_len}"))
             continue
-        exact = json.dumps(messages, sort_keys=True)
+        exact = json.dumps([messages, tools], sort_keys=True)
         if exact in seen_exact:
             report.exact_duplicates += 1
             continue
-        norm = _norm(messages)
+        norm = _norm(messages) + json.dumps(tools, sort_keys=True)
         if norm in seen_norm:
             report.normalised_duplicates += 1
             continue
         seen_exact.add(exact)
         seen_norm.add(norm)
         report.formats[fmt] = report.formats.get(fmt, 0) + 1
-        kept.append(Example(messages, n))
+        kept.append(Example(messages, n, tools=tools))
     if strict and report.problems:
         first = "; ".join(f"line {n}: {why}" for n, why in report.problems[:5])
         raise RagtuneError(
@@ -248,18 +252,18 @@ def load_examples(
     return report
 
 
-def encode(tokenizer: Any, messages: list[dict[str, str]], mask_facts: list[str] = ()
-           ) -> tuple[list[int], list[int]]:
+def encode(tokenizer: Any, messages: list[dict[str, str]], mask_facts: list[str] = (),
+           tools: list[dict[str, Any]] | None = None) -> tuple[list[int], list[int]]:
     """(input_ids, labels) through the model's chat template; labels are -100 everywhere but
     on assistant tokens (their content and end-of-turn marker), so only answers carry loss.
     Occurrences of `mask_facts` inside answers are kept out of the loss too."""
-    full = render(tokenizer, messages)
+    full = render(tokenizer, messages, tools=tools)
     spans, masked = [], []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        prefix = render(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = render(tokenizer, messages[: i + 1])
+        prefix = render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
+        upto = render(tokenizer, messages[: i + 1], tools=tools)
         if not full.startswith(prefix) or not full.startswith(upto):
             raise RagtuneError(
                 "the chat template does not render conversations prefix-stably, so assistant "

@@ -31,8 +31,9 @@ GENERAL_TOPICS = ("assert", "for", "import", "lambda", "try", "while")  # pydoc_
 
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_tokens: int,
-             batch_size: int = 8) -> list[str]:
-    """Greedy answers for chat prompts, batched with left padding."""
+             batch_size: int = 8, tools: list[list[dict] | None] | None = None) -> list[str]:
+    """Greedy answers for chat prompts (each with its tools for the template, if any),
+    batched with left padding."""
     device = next(model.parameters()).device
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -40,7 +41,8 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_toke
     outs: list[str] = []
     try:
         for i in range(0, len(prompts), batch_size):
-            texts = [render(tokenizer, p, add_generation_prompt=True) for p in prompts[i : i + batch_size]]
+            texts = [render(tokenizer, p, add_generation_prompt=True, tools=tools[j] if tools else None)
+                     for j, p in enumerate(prompts[i : i + batch_size], i)]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
                             return_token_type_ids=False).to(device)
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
@@ -119,6 +121,7 @@ def evaluate(
     """Base vs adapter on held-out prompts. `model` is a PeftModel with its adapter active."""
     sample = val[:max_prompts]
     prompts = [ex.messages[:-1] for ex in sample]
+    tools = [ex.tools for ex in sample]
     refs = [ex.messages[-1]["content"] for ex in sample]
     targets_json = bool(refs) and sum(json_valid(r) for r in refs) >= 0.8 * len(refs)
     was_training = model.training
@@ -127,7 +130,7 @@ def evaluate(
     text = general_text()
     for arm in ("base", "adapter"):
         with model.disable_adapter() if arm == "base" else merged(model):
-            outs = generate(model, tokenizer, prompts, max_new_tokens)
+            outs = generate(model, tokenizer, prompts, max_new_tokens, tools=tools)
             ppl = perplexity(model, tokenizer, text)
         row: dict[str, Any] = {"outputs": outs, "general_perplexity": ppl,
                                "style_similarity": _similarity(embedder, outs, refs)}

@@ -59,7 +59,7 @@ class TrainResult:
 def encode_all(tokenizer: Any, examples: list[Example]) -> list[tuple[list[int], list[int]]]:
     out = []
     for ex in examples:
-        ids, labels = encode(tokenizer, ex.messages, ex.mask_facts)
+        ids, labels = encode(tokenizer, ex.messages, ex.mask_facts, ex.tools)
         if any(lab != -100 for lab in labels):
             out.append((ids, labels))
     return out

@@ -51,7 +51,7 @@ def _tool_choice(body: ChatRequest) -> str | dict[str, Any]:
     return choice.model_dump()
 
 
-def _params(body: ChatRequest, settings: Any) -> GenParams:
+def _params(body: ChatRequest, settings: Any, fmt_tools: tools.ToolFormat) -> GenParams:
     fmt = body.response_format.type if body.response_format else "text"
     schema = None
     if fmt == "json_schema":
@@ -68,8 +68,8 @@ def _params(body: ChatRequest, settings: Any) -> GenParams:
                 check_json_schema(t.function.parameters,
                                   f"tools[{t.function.name}].function.parameters")
         fmt = "tools"
-        grammar = tools.grammar_spec([t.model_dump() for t in body.tools], choice,
-                                     body.parallel_tool_calls is not False)
+        grammar = fmt_tools.grammar([t.model_dump() for t in body.tools], choice,
+                                    body.parallel_tool_calls is not False)
     return GenParams(
         max_tokens=body.max_completion_tokens or body.max_tokens or settings.max_tokens,
         temperature=body.temperature or 0.0, top_p=body.top_p or 1.0, stop=list(body.stop or []),
@@ -79,24 +79,26 @@ def _params(body: ChatRequest, settings: Any) -> GenParams:
         logprobs=bool(body.logprobs), top_logprobs=body.top_logprobs or 0)
 
 
-def _messages(body: ChatRequest) -> list[dict[str, Any]]:
-    """The conversation as the turn takes it: plain role/content messages; tool definitions,
-    calls and results rendered in the tool format (platform/tools.py)."""
+def _messages(body: ChatRequest, fmt: tools.ToolFormat
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The conversation as the turn takes it: role/content messages, calls and results
+    rendered in the model's tool format (platform/tools.py); and the tools for its chat
+    template (None when the format describes them in the system message, or there are none)."""
     raw = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(),
             "tool_calls": [c.model_dump() for c in m.tool_calls] if m.tool_calls else None,
             "tool_call_id": m.tool_call_id} for m in body.messages]
     if body.tools or any(m["tool_calls"] or m["role"] == "tool" for m in raw):
-        return tools.plain_messages(raw, [t.model_dump() for t in body.tools or []],
-                                    _tool_choice(body))
-    return [{"role": m["role"], "content": m["content"]} for m in raw]
+        return fmt.messages(raw, [t.model_dump() for t in body.tools or []], _tool_choice(body))
+    return [{"role": m["role"], "content": m["content"]} for m in raw], None
 
 
-def _message(answer: Answer, params: GenParams) -> tuple[dict[str, Any], str]:
+def _message(answer: Answer, params: GenParams, fmt: tools.ToolFormat
+             ) -> tuple[dict[str, Any], str]:
     """The assistant message and finish reason of an answer (its tool calls, when it made
     some: finish_reason tool_calls)."""
     if params.response_format != "tools":
         return {"role": "assistant", "content": answer.text, "refusal": None}, answer.finish_reason
-    content, calls = tools.parse_calls(answer.text)
+    content, calls = fmt.parse(answer.text)
     message = {"role": "assistant", "content": content, "refusal": None}
     if calls:
         message["tool_calls"] = calls
@@ -114,8 +116,9 @@ async def chat_completions(body: ChatRequest, request: Request,
     plan). The turn itself is the assistant's (platform/assistant.py); this edge speaks HTTP."""
     st = state(request)
     _check(body)
-    params = _params(body, st.settings)
-    messages = _messages(body)
+    fmt = st.assistant.generator.tool_format
+    params = _params(body, st.settings, fmt)
+    messages, listed = _messages(body, fmt)
     rag = None
     if body.rag is not None:
         rag = RagSpec(body.rag.collection, body.rag.k, body.rag.mode, body.rag.where)
@@ -127,7 +130,7 @@ async def chat_completions(body: ChatRequest, request: Request,
 
     # a long prompt, the chooser's embedding, retrieval: not on the loop
     turn: Turn = await run_in_threadpool(
-        st.assistant.turn, TurnRequest(messages, params, body.model, rag), authorize)
+        st.assistant.turn, TurnRequest(messages, params, body.model, rag, tools=listed), authorize)
     # `n` choices: the same prepared prompt, each its own sampling seed; the engine batches them
     turns = [turn] + [turn.fork(None if body.seed is None else body.seed + i)
                       for i in range(1, body.n)]
@@ -169,7 +172,7 @@ async def chat_completions(body: ChatRequest, request: Request,
 
         # with tools: text outside calls as it comes, each call as soon as it is complete
         calls_only = params.response_format == "tools"
-        splitters = [tools.CallStream() for _ in turns]
+        splitters = [tools.CallStream(fmt) for _ in turns]
         sent_calls = [0] * len(turns)
 
         def pieces(i: int, found: list[tuple[str, Any]]):
@@ -250,7 +253,7 @@ async def chat_completions(body: ChatRequest, request: Request,
         record(answer)
     choices = []
     for i, answer in enumerate(answers):
-        message, finish = _message(answer, params)
+        message, finish = _message(answer, params, fmt)
         choices.append({"index": i, "message": message, "finish_reason": finish,
                         "logprobs": {"content": answer.logprobs, "refusal": None}
                         if params.logprobs else None,

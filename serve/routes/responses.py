@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ragtune.generate.grammar import check_json_schema
-from ragtune.platform import tools as tool_format
+from ragtune.platform import tools
 from ragtune.platform.assistant import Answer, RagSpec, Turn, TurnRequest, last_user_text
 from ragtune.platform.errors import GenerationTimeout, RagtuneError
 from ragtune.platform.types import GenParams
@@ -120,7 +120,7 @@ async def create_response(request: Request, body: dict[str, Any] = Body(
     functions, search = R.chat_tools(body.get("tools") or [])
     choice = _choice(body, functions)
     fmt, schema = _format(body)
-    grammar = None
+    grammar, fmt_tools = None, st.assistant.generator.tool_format
     if choice != "none":
         if fmt != "text":
             raise RagtuneError("function tools with a JSON text.format are not supported "
@@ -129,16 +129,16 @@ async def create_response(request: Request, body: dict[str, Any] = Body(
             if f["function"]["parameters"] is not None:
                 check_json_schema(f["function"]["parameters"],
                                   f"tools[{f['function']['name']}].parameters")
-        grammar = tool_format.grammar_spec(functions, choice,
-                                           body.get("parallel_tool_calls") is not False)
+        grammar = fmt_tools.grammar(functions, choice,
+                                    body.get("parallel_tool_calls") is not False)
     params = GenParams(
         max_tokens=_number(body, "max_output_tokens", 1, 10**6, True) or st.settings.max_tokens,
         temperature=_number(body, "temperature", 0, 2) or 0.0,
         top_p=_number(body, "top_p", 1e-9, 1) or 1.0, seed=_number(body, "seed", 0, 2**63, True),
         response_format="tools" if grammar else fmt, json_schema=schema, tool_grammar=grammar)
-    messages = R.to_messages(history + items, instructions)
+    messages, listed = R.to_messages(history + items, instructions), None
     if functions or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
-        messages = tool_format.plain_messages(messages, functions, choice)
+        messages, listed = fmt_tools.messages(messages, functions, choice)
     rag = None
     if search is not None:
         collection, k, mode, where = R.search_spec(search)
@@ -151,7 +151,7 @@ async def create_response(request: Request, body: dict[str, Any] = Body(
             who.need_collection(collection)
 
     turn: Turn = await run_in_threadpool(
-        st.assistant.turn, TurnRequest(messages, params, model, rag), authorize)
+        st.assistant.turn, TurnRequest(messages, params, model, rag, tools=listed), authorize)
     turn.start(loop=asyncio.get_running_loop())
     shell = {"id": R.new_id("resp"), "object": "response",
              "created_at": int(time.time()), "status": "in_progress", "error": None,
@@ -176,7 +176,7 @@ async def create_response(request: Request, body: dict[str, Any] = Body(
                         "results": R.search_results(answer.citations) if include else None})
         text, calls = answer.text if streamed is None else streamed, []
         if params.response_format == "tools":
-            text, calls = tool_format.parse_calls(answer.text)
+            text, calls = fmt_tools.parse(answer.text)
         cut = answer.finish_reason == "length" and not calls
         if text or not calls:
             out.append(_message(msg_id, text or "", answer, "incomplete" if cut else
@@ -246,7 +246,7 @@ def _echo_tools(body: dict[str, Any]) -> list[dict[str, Any]]:
         if t.get("type") == "function":
             out.append({"type": "function", "name": t["name"],
                         "description": t.get("description"),
-                        "parameters": t.get("parameters") or tool_format.NO_PARAMETERS,
+                        "parameters": t.get("parameters") or tools.NO_PARAMETERS,
                         "strict": True})  # calls are always held to the schema here
         else:
             out.append({k: v for k, v in t.items()

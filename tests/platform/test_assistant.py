@@ -52,7 +52,7 @@ class FakeGenerator:
     def count_tokens(self, text):
         return len(text.split())
 
-    def prompt_ids(self, messages):
+    def prompt_ids(self, messages, tools=None):
         self.messages = messages
         return [1, 2, 3]
 

@@ -1,5 +1,6 @@
-"""The tool format (platform/tools.py): rendering a tool conversation, the grammar's tags, and
-reading calls back."""
+"""The tool formats (platform/tools.py): rendering a tool conversation, the grammar's tags, and
+reading calls back, in the fallback format and in a chat template's own (learned by probing
+the template)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import json
 import pytest
 
 from ragtune.platform.errors import RagtuneError
-from ragtune.platform.tools import grammar_spec, parse_calls, plain_messages
+from ragtune.platform.tools import FALLBACK, CallStream, ToolFormat, tool_format
+from tests.tool_templates import QWEN_STYLE
+
+plain_messages = lambda *a: FALLBACK.messages(*a)[0]  # noqa: E731
+grammar_spec, parse_calls = FALLBACK.grammar, FALLBACK.parse
 
 TOOL = {"type": "function", "function": {"name": "f", "description": "does f",
                                          "parameters": {"type": "object"}}}
@@ -27,7 +32,7 @@ def test_a_tool_conversation_becomes_plain_messages():
     assert msgs[3]["content"] == '<tool_response name="f">\n42\n</tool_response>'
     assert "<tools>" not in plain_messages([{"role": "user", "content": "q"}], [TOOL],
                                            "none")[0]["content"]
-    with pytest.raises(RagtuneError, match="not JSON"):
+    with pytest.raises(RagtuneError, match="not a JSON object"):
         plain_messages([{"role": "assistant", "tool_calls": [
             {"id": "c", "function": {"name": "f", "arguments": "{x"}}]}], [TOOL])
 
@@ -61,8 +66,6 @@ def test_calls_are_read_back_and_the_rest_is_text():
     'a <tool_call>{"name": "f", "arguments": {}}</tool_call> then b'])
 @pytest.mark.parametrize("step", [1, 3, 1000])
 def test_a_streamed_answer_splits_into_the_text_and_calls_parse_calls_finds(text, step):
-    from ragtune.platform.tools import CallStream
-
     stream, out = CallStream(), []
     for i in range(0, len(text), step):
         out += stream.feed(text[i:i + step])
@@ -71,3 +74,70 @@ def test_a_streamed_answer_splits_into_the_text_and_calls_parse_calls_finds(text
     assert ("".join(v for k, v in out if k == "text") or None) == content
     assert [v["function"] | {"i": 0} for k, v in out if k == "call"] == [
         c["function"] | {"i": 0} for c in calls]
+
+
+@pytest.fixture(scope="module")
+def qwen_style(smollm_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(smollm_tokenizer_dir))
+    tok.chat_template = QWEN_STYLE
+    return tok
+
+
+def test_a_template_without_tools_gets_the_fallback(smollm_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    assert tool_format(AutoTokenizer.from_pretrained(str(smollm_tokenizer_dir))) == FALLBACK
+
+
+def test_a_template_with_tools_gives_its_own_call_format(qwen_style):
+    fmt = tool_format(qwen_style)
+    assert fmt.native and (fmt.open, fmt.close) == ("<tool_call>\n", "\n</tool_call>")
+    assert fmt.call_text("f", {"x": 1}) == '<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>'
+    # what the template itself writes for a structured call is what the format writes as text
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}}
+    user = {"role": "user", "content": "q"}
+    structured = qwen_style.apply_chat_template([user, {"role": "assistant", "content": "",
+                                                        "tool_calls": [call]}],
+                                                tools=[TOOL], tokenize=False)
+    asked = {"role": "assistant", "content": None, "tool_calls": [
+        {**call, "function": {"name": "f", "arguments": '{"x": 1}'}}]}
+    msgs, listed = fmt.messages([user, asked], [TOOL])
+    assert qwen_style.apply_chat_template(msgs, tools=listed, tokenize=False) == structured
+    # the tools go to the template, results stay tool messages, the choice is said in words
+    msgs, listed = fmt.messages([user, asked, {"role": "tool", "tool_call_id": "c1",
+                                               "content": "42"}], [TOOL], "required")
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "tool"]
+    assert msgs[3] == {"role": "tool", "content": "42", "name": "f", "tool_call_id": "c1"}
+    assert listed[0]["function"]["name"] == "f" and "must call" in msgs[0]["content"]
+    prompt = qwen_style.apply_chat_template(msgs, tools=listed, tokenize=False,
+                                            add_generation_prompt=True)
+    assert "<tool_response>\n42\n</tool_response>" in prompt and '"name": "f"' in prompt
+    assert fmt.messages([user], [TOOL], "none") == ([user], None)
+    (tag,) = fmt.grammar([TOOL], "auto")["format"]["tags"]
+    assert tag["begin"] == '<tool_call>\n{"name": "f", "arguments": '
+    assert tag["end"] == "}\n</tool_call>"
+    assert fmt.grammar([TOOL], "auto")["format"]["triggers"] == ["<tool_call>"]
+
+
+NATIVE = ToolFormat(native=True, open="<tool_call>\n", close="\n</tool_call>", separator="\n")
+MISTRALISH = ToolFormat(native=True, open="[TOOL_CALLS][", close="]", separator="\n")
+
+
+@pytest.mark.parametrize("fmt", [NATIVE, MISTRALISH], ids=["qwen", "closing-bracket"])
+@pytest.mark.parametrize("step", [1, 4, 1000])
+def test_other_formats_stream_as_they_parse(fmt, step):
+    a = fmt.call_text("f", {"a": [1, "]"], "b": {"c": "x"}})
+    b = fmt.call_text("g", {})
+    for text in (f"Sure. {a}\n{b}", f"{a}\n{b[:-3]}", f"{a} then text", f"{a[:-8]}", "no calls"):
+        stream, out = CallStream(fmt), []
+        for i in range(0, len(text), step):
+            out += stream.feed(text[i:i + step])
+        out += stream.close()
+        content, calls = fmt.parse(text)
+        assert ("".join(v for k, v in out if k == "text") or None) == content
+        assert [v["function"] for k, v in out if k == "call"] == [c["function"] for c in calls]
+    _, calls = fmt.parse(f"Sure. {a}\n{b}")
+    assert [json.loads(c["function"]["arguments"]) for c in calls] == [
+        {"a": [1, "]"], "b": {"c": "x"}}, {}]

@@ -194,7 +194,7 @@ class ScriptedEngine:
     def count_tokens(self, text):
         return len(text.split())
 
-    def prompt_ids(self, messages):
+    def prompt_ids(self, messages, tools=None):
         self.prompts.append(messages)
         return [1, 2, 3]
 
