@@ -22,7 +22,7 @@ from ragtune.ingest.pipeline import IngestReport, LocalEngine, ingest
 from ragtune.ingest.pipeline import dry_run as dry_run_plan
 from ragtune.ingest.schema import sqlite_guard
 from ragtune.ingest.search import Searcher, check_query
-from ragtune.ingest.splitter import SplitConfig, TokenSplitter
+from ragtune.ingest.splitter import SplitConfig, TokenSplitter, max_chunk_tokens
 from ragtune.ingest.store import Store
 from ragtune.ingest.vectors.base import VectorSettings
 from ragtune.ingest.vectors.faiss import KINDS as INDEX_KINDS
@@ -141,6 +141,17 @@ class Collection:
                                            self.embedder.max_seq_length, cfg)
         return self._splitter
 
+    def splitter_for(self, config: SplitConfig | None) -> TokenSplitter:
+        """The collection's splitter, or one with a file's own chunk size and overlap."""
+        if config is None:
+            return self.splitter
+        return TokenSplitter(self.embedder.tokenizer, self.embedder.max_seq_length, config)
+
+    @property
+    def max_chunk_tokens(self) -> int:
+        """The largest chunk the embedder reads whole (its max sequence, less its markers)."""
+        return max_chunk_tokens(self.embedder)
+
     def config_hash(self, text_field: str | None) -> str:
         """What a stored document was built with besides its bytes: a change re-embeds it."""
         s = self.settings
@@ -161,6 +172,7 @@ class Collection:
         address: str | None = None,
         workers: int | None = None,
         attributes: dict[str, dict[str, Any]] | None = None,
+        splits: dict[str, SplitConfig] | None = None,
     ) -> IngestReport:
         """Ingest files and folders: new and changed documents are (re)embedded, unchanged ones
         skipped by content hash, bad files reported and skipped. Commits every
@@ -170,20 +182,24 @@ class Collection:
         one, "auto" joins a running one; `workers` embed actors) with the same rules and report
         (see ingest/ray_engine.py); a dry run plans locally either way. `attributes` maps a
         file's path to metadata every chunk of it carries (filterable with `where`; the vector
-        stores API's file attributes), local engine only."""
+        stores API's file attributes), local engine only; `splits` maps a file's path to its
+        own chunk size and overlap (a vector store file's static chunking strategy)."""
         if engine not in ("local", "ray"):
             raise RagtuneError(f"ingest engine {engine!r} is unknown: use 'local' or 'ray'")
         if dry_run:
             return dry_run_plan(self, paths, include, exclude, prune, text_field)
-        if attributes and engine != "local":
-            raise RagtuneError("per-file attributes are applied by the local ingest engine only")
+        if (attributes or splits) and engine != "local":
+            raise RagtuneError("per-file attributes and chunking are applied by the local ingest "
+                               "engine only")
         if engine == "ray":
             from ragtune.ingest.ray_engine import RayEngine
 
             runner: Any = RayEngine(self, text_field, address=address, workers=workers)
         else:
-            runner = LocalEngine(self, text_field, {str(Path(p).expanduser().resolve()): a
-                                                    for p, a in (attributes or {}).items()})
+            def resolved(per_file: dict[str, Any] | None) -> dict[str, Any]:
+                return {str(Path(p).expanduser().resolve()): v for p, v in (per_file or {}).items()}
+
+            runner = LocalEngine(self, text_field, resolved(attributes), resolved(splits))
         return ingest(self, paths, include, exclude, prune, text_field, runner)
 
     def commit_meta(self) -> dict[str, Any]:

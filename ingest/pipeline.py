@@ -12,6 +12,8 @@ pipeline). Both give the same documents, chunks, vectors, generations and report
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -22,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ragtune.ingest.loaders import Document, SkipFile, file_digest, load, walk
-from ragtune.ingest.splitter import Chunk
+from ragtune.ingest.splitter import Chunk, SplitConfig
 from ragtune.platform.errors import RagtuneError
 from ragtune.platform.progress import progress
 
@@ -74,6 +76,11 @@ class Prepared:
 class Engine(Protocol):
     notes: dict[str, Any]  # recorded in the manifest's `last_ingest`
 
+    def doc_hash(self, source: str, base: str) -> str:
+        """A document's config hash: the collection's (`base`), or one that also covers what
+        this engine does differently for that file (its attributes, its own chunk size)."""
+        ...
+
     def batches(self, todo: list[Path], report: IngestReport) -> Iterator[list[Prepared]]:
         """Load, split and embed `todo`; yield the documents up to `commit_every` at a time (a
         file the loader refuses goes to `report.skipped`). Code after a `yield` runs once the
@@ -108,14 +115,17 @@ def load_or_skip(path: Path, limit: int, text_field: str | None) -> Document | s
         return f"unreadable ({type(e).__name__}: {e})"
 
 
-def plan(files: list[Path], stored: dict, config_hash: str, limit: int) -> tuple[list[str], list[Path]]:
+def plan(files: list[Path], stored: dict, config_hash: str, limit: int,
+         doc_hash: Any = None) -> tuple[list[str], list[Path]]:
     """(unchanged sources, paths to process): a stored document with the same bytes and the same
-    config is unchanged; anything else (new, changed, or a file the loader will refuse) goes to
-    the engine, whose loader says why it skips a file."""
+    config (`doc_hash(source, config_hash)` when given) is unchanged; anything else (new,
+    changed, or a file the loader will refuse) goes to the engine, whose loader says why it
+    skips a file."""
     unchanged, todo = [], []
     for path in files:
         old = stored.get(str(path))
-        if old and old.config_hash == config_hash:
+        wanted = doc_hash(str(path), config_hash) if doc_hash else config_hash
+        if old and old.config_hash == wanted:
             try:
                 size = path.stat().st_size
                 same = 0 < size <= limit and file_digest(path)[1] == old.sha256
@@ -144,7 +154,9 @@ def ingest(col: Any, paths: list[str | Path], include: list[str] | None,
     config_hash = col.config_hash(text_field)
     with col.store.writer(col.settings.lock_timeout) as w:
         stored = col.store.documents(w.db)
-        report.unchanged, todo = plan(files, stored, config_hash, max_bytes(col.settings))
+        doc_hash = engine.doc_hash
+        report.unchanged, todo = plan(files, stored, config_hash, max_bytes(col.settings),
+                                      doc_hash)
         if prune:
             report.pruned = gone(stored)
         for source in report.pruned:
@@ -158,7 +170,8 @@ def ingest(col: Any, paths: list[str | Path], include: list[str] | None,
                         report.replaced.append(p.doc.source)
                     else:
                         report.ingested.append(p.doc.source)
-                    w.put_document(p.doc, config_hash, p.chunks, p.vectors)
+                    w.put_document(p.doc, doc_hash(p.doc.source, config_hash), p.chunks,
+                                   p.vectors)
                     report.chunks_added += len(p.chunks)
                 w.commit(col.commit_meta())  # one generation per batch
         if w.has_changes:  # pruned documents and nothing (loadable) to add
@@ -214,9 +227,18 @@ class LocalEngine:
     notes: dict[str, Any] = {}
 
     def __init__(self, col: Any, text_field: str | None,
-                 attributes: dict[str, dict[str, Any]] | None = None):
+                 attributes: dict[str, dict[str, Any]] | None = None,
+                 splits: dict[str, SplitConfig] | None = None):
         self.col, self.text_field = col, text_field
         self.attributes = attributes or {}  # resolved path -> metadata for each of its chunks
+        self.splits = splits or {}  # resolved path -> its own chunk size and overlap
+
+    def doc_hash(self, source: str, base: str) -> str:
+        own = self.attributes.get(source), self.splits.get(source)
+        if own == (None, None):
+            return base
+        key = [base, own[0], asdict(own[1]) if own[1] else None]
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     def batches(self, todo: list[Path], report: IngestReport) -> Iterator[list[Prepared]]:
         col, every = self.col, self.col.settings.commit_every
@@ -228,7 +250,7 @@ class LocalEngine:
                 if isinstance(doc, str):
                     report.skipped.append((str(path), doc))
                 else:
-                    chunks_of = col.splitter.split(doc)
+                    chunks_of = col.splitter_for(self.splits.get(doc.source)).split(doc)
                     for c in chunks_of if doc.source in self.attributes else ():
                         c.metadata.update(self.attributes[doc.source])
                     split.append((doc, chunks_of))

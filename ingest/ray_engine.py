@@ -164,6 +164,9 @@ class RayEngine:
         require_ray()  # even when nothing needs embedding: the engine asked for must be there
         self.col, self.text_field, self.address, self.workers = col, text_field, address, workers
 
+    def doc_hash(self, source: str, base: str) -> str:
+        return base  # no per-file attributes or chunking on this engine
+
     def batches(self, todo: list[Path], report: IngestReport) -> Iterator[list[Prepared]]:
         ray = require_ray()
         started = not ray.is_initialized()

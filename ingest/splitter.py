@@ -32,6 +32,11 @@ class SplitConfig:
     chunk_overlap: int = 32  # overlap in embedder tokens
 
 
+def max_chunk_tokens(embedder: Any) -> int:
+    """The largest chunk `embedder` reads whole: its max sequence, less its own markers."""
+    return TokenSplitter(embedder.tokenizer, embedder.max_seq_length, SplitConfig(10**9, 0)).limit
+
+
 class TokenSplitter:
     """Split documents into chunks of at most `limit` embedder tokens."""
 

@@ -7,6 +7,11 @@ copies it into `uploads/<collection>/<file id>__<its name>` and ingests it there
 server's job worker, incrementally like any upload; the file's status moves `in_progress` ->
 `completed` | `failed` (with `last_error`). Search and `file_search` read the collection, and
 name a chunk's file by the id in its stored name.
+
+`expires_after` ({"anchor": "last_active_at", "days": N}) makes a store expire N days after it
+was last used (a file attached, a search, a `file_search`): an expired store says `status:
+"expired"` and refuses search and new files until it is given a new `expires_after` (or none);
+its collection is kept until the store is deleted.
 """
 
 from __future__ import annotations
@@ -62,12 +67,12 @@ class VectorStores:
             write_json(self._path(rec["id"]), rec)
 
     def create(self, name: str | None, metadata: dict[str, str] | None, collection: str | None,
-               owner: str) -> dict[str, Any]:
+               owner: str, expires_after: dict[str, Any] | None = None) -> dict[str, Any]:
         vs_id = f"vs_{secrets.token_hex(12)}"
         rec = {"id": vs_id, "object": "vector_store", "created_at": int(time.time()),
                "name": name or "", "metadata": metadata or {}, "_files": {}, "_batches": {},
                "_collection": collection or f"vs-{vs_id[3:]}", "_made": collection is None,
-               "_owner": owner}
+               "_owner": owner, "expires_after": expires_after}
         self.save(rec)
         return rec
 
@@ -82,8 +87,22 @@ class VectorStores:
         return sorted(out, key=lambda r: (r["created_at"], r["id"]))
 
     def collection_of(self, vs_id: str) -> str:
-        """The collection a `vs_...` id names; any other id is a collection's own name."""
-        return self.load(vs_id)["_collection"] if vs_id.startswith("vs_") else vs_id
+        """The collection a `vs_...` id names (a use of the store: refused when it expired,
+        else its `last_active_at` moves); any other id is a collection's own name."""
+        return self.use(vs_id)["_collection"] if vs_id.startswith("vs_") else vs_id
+
+    def use(self, vs_id: str, rec: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The store's record, for a use: refused when it expired, else marked active now."""
+        with self._lock:
+            rec = self.load(vs_id) if rec is None else rec
+            at = expires_at(rec)
+            if at is not None and time.time() >= at:
+                raise RagtuneError(f"vector store {vs_id} expired at {at} (its expires_after): "
+                                   "set a new expires_after with POST /v1/vector_stores/"
+                                   f"{vs_id}, or none, to use it again")
+            rec["last_active_at"] = int(time.time())
+            self.save(rec)
+            return rec
 
     def update_file(self, vs_id: str, file_id: str, **fields: Any) -> dict[str, Any]:
         with self._lock:
@@ -105,12 +124,35 @@ def public(rec: dict[str, Any]) -> dict[str, Any]:
     counts = {s: sum(f["status"] == s for f in files)
               for s in ("in_progress", "completed", "failed", "cancelled")}
     counts["total"] = len(rec["_files"])
+    at = expires_at(rec)
+    status = ("expired" if at is not None and time.time() >= at
+              else "in_progress" if counts["in_progress"] else "completed")
     return {"id": rec["id"], "object": "vector_store", "created_at": rec["created_at"],
             "name": rec["name"], "metadata": rec["metadata"], "file_counts": counts,
-            "status": "in_progress" if counts["in_progress"] else "completed",
+            "status": status,
             "usage_bytes": sum(f["usage_bytes"] for f in files if f["status"] == "completed"),
             "last_active_at": rec.get("last_active_at", rec["created_at"]),
-            "expires_after": None, "expires_at": None}
+            "expires_after": rec.get("expires_after"), "expires_at": at}
+
+
+def expires_at(rec: dict[str, Any]) -> int | None:
+    after = rec.get("expires_after")
+    if not after:
+        return None
+    return int(rec.get("last_active_at", rec["created_at"])) + int(after["days"]) * 86400
+
+
+def check_expires_after(value: Any) -> dict[str, Any] | None:
+    """OpenAI's expiration policy: {"anchor": "last_active_at", "days": 1..365}, or None."""
+    if value is None:
+        return None
+    ok = (isinstance(value, dict) and set(value) == {"anchor", "days"}
+          and value["anchor"] == "last_active_at" and isinstance(value["days"], int)
+          and not isinstance(value["days"], bool) and 1 <= value["days"] <= 365)
+    if not ok:
+        raise RagtuneError('expires_after: {"anchor": "last_active_at", "days": 1 to 365}, or '
+                           "null for none", param="expires_after")
+    return value
 
 
 def file_object(rec: dict[str, Any], file_id: str) -> dict[str, Any]:

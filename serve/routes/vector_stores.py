@@ -8,7 +8,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
@@ -24,10 +24,14 @@ from ragtune.serve.uploads import stored_name
 from ragtune.serve.vector_stores import (
     VectorStores,
     check_attributes,
+    check_expires_after,
     check_metadata,
     file_object,
     public,
 )
+
+if TYPE_CHECKING:
+    from ragtune.ingest.splitter import SplitConfig
 
 router = APIRouter(prefix="/v1/vector_stores", tags=["openai"])
 ATTACHABLE = ("assistants", "user_data")
@@ -51,11 +55,38 @@ def _only(body: dict[str, Any], known: tuple[str, ...], what: str) -> None:
                            param=unknown[0])
 
 
-def _chunking(body: dict[str, Any]) -> None:
+def _chunking(request: Request, body: dict[str, Any], collection: str | None
+              ) -> SplitConfig | None:
+    """A file's chunking: None for `auto` (the collection's splitter, RAGTUNE_CHUNK_TOKENS),
+    or `static` sizes in embedder tokens, which must fit what the embedder reads whole."""
+    from ragtune.ingest.splitter import SplitConfig, max_chunk_tokens
+
     strategy = body.get("chunking_strategy")
-    if strategy not in (None, {"type": "auto"}):
-        raise RagtuneError("chunking_strategy: only auto (the collection's splitter, "
-                           "RAGTUNE_CHUNK_TOKENS)", param="chunking_strategy")
+    if strategy is None or strategy == {"type": "auto"}:
+        return None
+    static = strategy.get("static") if isinstance(strategy, dict) else None
+    size = (static or {}).get("max_chunk_size_tokens")
+    overlap = (static or {}).get("chunk_overlap_tokens")
+    ok = (isinstance(strategy, dict) and strategy.get("type") == "static"
+          and set(strategy) == {"type", "static"} and isinstance(static, dict)
+          and set(static) == {"max_chunk_size_tokens", "chunk_overlap_tokens"}
+          and all(isinstance(v, int) and not isinstance(v, bool) for v in (size, overlap))
+          and 100 <= size <= 4096 and 0 <= overlap <= size // 2)
+    if not ok:
+        raise RagtuneError('chunking_strategy: {"type": "auto"}, or {"type": "static", "static": '
+                           '{"max_chunk_size_tokens": 100 to 4096, "chunk_overlap_tokens": at '
+                           "most half of it}}", param="chunking_strategy")
+    st = state(request)
+    try:
+        limit = st.collection(collection).max_chunk_tokens if collection else None
+    except NotFoundError:  # made at the first file: the server's embedder
+        limit = None
+    limit = limit or max_chunk_tokens(st.embedder())
+    if size > limit:
+        raise RagtuneError(f"chunking_strategy: max_chunk_size_tokens {size} is more than the "
+                           f"embedder reads whole ({limit} tokens): use at most {limit}",
+                           param="chunking_strategy")
+    return SplitConfig(size, overlap)
 
 
 @router.post("")
@@ -63,9 +94,9 @@ def create_store(request: Request, body: dict[str, Any] = Body(..., examples=[{"
                  who: Principal = Depends(principal)) -> dict[str, Any]:
     """A new vector store (a new collection), or an existing collection exposed as one with
     `ragtune: {"collection": NAME}`; `file_ids` are attached at once."""
-    _only(body, ("name", "metadata", "file_ids", "chunking_strategy", "ragtune", "description"),
-          "vector store")
-    _chunking(body)
+    _only(body, ("name", "metadata", "file_ids", "chunking_strategy", "ragtune", "description",
+                 "expires_after"), "vector store")
+    expiry = check_expires_after(body.get("expires_after"))
     name = body.get("name")
     if name is not None and not isinstance(name, str):
         raise RagtuneError("name: text", param="name")
@@ -75,17 +106,18 @@ def create_store(request: Request, body: dict[str, Any] = Body(..., examples=[{"
         check_name(collection, "collection")
         who.need_collection(collection)
         st.collection(collection)  # 404 when it does not exist
+    split = _chunking(request, body, collection)
     file_ids = body.get("file_ids") or []
     for f in file_ids:
         st.files.get(f, owner_scope(who))  # every file checked before anything is made
     rec = _stores(request).create(name, check_metadata(body.get("metadata")), collection,
-                                  who.id)
+                                  who.id, expiry)
     if not who.may_collection(rec["_collection"]):
         _stores(request).delete(rec["id"])
         raise NotFoundError("this key is limited to named collections: expose one of them with "
                             "ragtune.collection")
     for f in file_ids:
-        _attach(request, who, rec["id"], f, None)
+        _attach(request, who, rec["id"], f, None, split)
     return public(_stores(request).load(rec["id"]))
 
 
@@ -106,8 +138,11 @@ def get_store(vs_id: str, request: Request, who: Principal = Depends(principal)
 @router.post("/{vs_id}")
 def update_store(vs_id: str, request: Request, body: dict[str, Any] = Body(...),
                  who: Principal = Depends(principal)) -> dict[str, Any]:
-    _only(body, ("name", "metadata"), "vector store update")
+    _only(body, ("name", "metadata", "expires_after"), "vector store update")
     rec = _visible(request, who, vs_id)
+    if "expires_after" in body:  # a new policy counts from now
+        rec["expires_after"] = check_expires_after(body["expires_after"])
+        rec["last_active_at"] = int(time.time())
     if "name" in body:
         if not isinstance(body["name"], str | None):
             raise RagtuneError("name: text", param="name")
@@ -137,8 +172,9 @@ def delete_store(vs_id: str, request: Request, who: Principal = Depends(principa
 
 
 def _attach(request: Request, who: Principal, vs_id: str, file_id: Any,
-            attributes: Any) -> dict[str, Any]:
-    """Attach one file: checked, then ingested by the job worker (status in_progress)."""
+            attributes: Any, split: SplitConfig | None = None) -> dict[str, Any]:
+    """Attach one file: checked, then ingested by the job worker (status in_progress), with
+    its own chunk sizes when `split` is given."""
     from ragtune.ingest.collection import Collection
 
     st = state(request)
@@ -150,7 +186,7 @@ def _attach(request: Request, who: Principal, vs_id: str, file_id: Any,
         raise RagtuneError(f"file {file_id} has purpose {meta['purpose']!r}: vector stores take "
                            f"{' or '.join(ATTACHABLE)} files", param="file_id")
     stores = _stores(request)
-    collection = stores.load(vs_id)["_collection"]
+    collection = stores.use(vs_id)["_collection"]  # refused when the store expired
     kept = st.settings.home / "uploads" / collection
     dest = kept / stored_name(f"{file_id}__{meta['filename']}")
     with stores._lock:
@@ -158,8 +194,11 @@ def _attach(request: Request, who: Principal, vs_id: str, file_id: Any,
         rec["_files"][file_id] = {"status": "in_progress", "created_at": int(time.time()),
                                   "last_error": None, "usage_bytes": meta["bytes"],
                                   "attributes": attributes,
-                                  "chunk_tokens": st.settings.chunk_tokens,
-                                  "overlap": st.settings.chunk_overlap}
+                                  "chunk_tokens": split.chunk_tokens if split
+                                  else st.settings.chunk_tokens,
+                                  "overlap": split.chunk_overlap if split
+                                  else st.settings.chunk_overlap,
+                                  "static": split is not None}
         rec["last_active_at"] = int(time.time())
         stores.save(rec)
 
@@ -178,7 +217,8 @@ def _attach(request: Request, who: Principal, vs_id: str, file_id: Any,
             tmp.replace(dest)
             col = Collection.open(collection, st.settings)
             try:
-                report = col.add([str(dest)], attributes={str(dest): attributes})
+                report = col.add([str(dest)], attributes={str(dest): attributes},
+                                 splits={str(dest): split} if split else None)
             finally:
                 col.close()
         except Exception as e:  # recorded on the file; the job says it too
@@ -205,9 +245,9 @@ def attach_file(vs_id: str, request: Request, body: dict[str, Any] = Body(...),
     """Attach a file (`file_id`): it is ingested into the store's collection in the background;
     poll the file's `status`."""
     _only(body, ("file_id", "attributes", "chunking_strategy"), "vector store file")
-    _chunking(body)
-    _visible(request, who, vs_id)
-    return _attach(request, who, vs_id, body.get("file_id"), body.get("attributes"))
+    rec = _visible(request, who, vs_id)
+    split = _chunking(request, body, rec["_collection"])
+    return _attach(request, who, vs_id, body.get("file_id"), body.get("attributes"), split)
 
 
 @router.get("/{vs_id}/files")
@@ -290,15 +330,15 @@ def _batch(rec: dict[str, Any], batch_id: str) -> dict[str, Any]:
 def create_batch(vs_id: str, request: Request, body: dict[str, Any] = Body(...),
                  who: Principal = Depends(principal)) -> dict[str, Any]:
     _only(body, ("file_ids", "attributes", "chunking_strategy"), "file batch")
-    _chunking(body)
-    _visible(request, who, vs_id)
+    rec = _visible(request, who, vs_id)
+    split = _chunking(request, body, rec["_collection"])
     ids = body.get("file_ids")
     if not isinstance(ids, list) or not ids:
         raise RagtuneError("file_ids: a non-empty list of file ids", param="file_ids")
     for f in ids:
         state(request).files.get(f, owner_scope(who))
     for f in ids:
-        _attach(request, who, vs_id, f, body.get("attributes"))
+        _attach(request, who, vs_id, f, body.get("attributes"), split)
     stores = _stores(request)
     with stores._lock:
         rec = stores.load(vs_id)
@@ -360,8 +400,12 @@ def update_file(vs_id: str, file_id: str, request: Request, body: dict[str, Any]
     if rec["_files"][file_id]["status"] == "in_progress":
         raise RagtuneError(f"file {file_id} is still being ingested: update it when done")
     state(request).files.get(file_id, owner_scope(who))  # 404 before anything is taken out
+    from ragtune.ingest.splitter import SplitConfig
+
+    old = rec["_files"][file_id]
+    split = SplitConfig(old["chunk_tokens"], old["overlap"]) if old.get("static") else None
     _detach(request, rec, file_id)
-    return _attach(request, who, vs_id, file_id, attributes)
+    return _attach(request, who, vs_id, file_id, attributes, split)
 
 
 @router.post("/{vs_id}/search")
@@ -379,7 +423,7 @@ async def search_store(vs_id: str, request: Request, body: dict[str, Any] = Body
     if not isinstance(queries, list) or not queries or not all(
             isinstance(q, str) and q.strip() for q in queries):
         raise RagtuneError("query: text, or a list of texts", param="query")
-    rec = _visible(request, who, vs_id)
+    rec = _stores(request).use(vs_id, _visible(request, who, vs_id))  # refused when expired
     collection, k, mode, where = R.search_spec({
         "type": "file_search", "vector_store_ids": [rec["_collection"]],
         **{key: body[key] for key in ("filters", "max_num_results", "ranking_options")

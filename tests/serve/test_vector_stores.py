@@ -70,9 +70,14 @@ def test_a_file_that_cannot_be_ingested_fails_with_its_reason(client):
 
 
 @pytest.mark.parametrize("path, body, param", [
-    ("", {"name": "x", "expires_after": {"anchor": "last_active_at", "days": 1}},
+    ("", {"name": "x", "expires_after": {"anchor": "created_at", "days": 1}}, "expires_after"),
+    ("", {"name": "x", "expires_after": {"anchor": "last_active_at", "days": 0}},
      "expires_after"),
     ("", {"chunking_strategy": {"type": "static"}}, "chunking_strategy"),
+    ("", {"chunking_strategy": {"type": "static", "static": {
+        "max_chunk_size_tokens": 200, "chunk_overlap_tokens": 101}}}, "chunking_strategy"),
+    ("/{vs}/files", {"file_id": "{doc}", "chunking_strategy": {"type": "static", "static": {
+        "max_chunk_size_tokens": 4096, "chunk_overlap_tokens": 0}}}, "chunking_strategy"),
     ("/{vs}/files", {"file_id": "file-nope"}, None),
     ("/{vs}/files", {"file_id": "{ft}"}, "file_id"),
     ("/{vs}/files", {"file_id": "{doc}", "attributes": {"a-b": 1}}, "attributes"),
@@ -165,3 +170,75 @@ def test_a_batch_lists_its_files_and_a_cancel_stops_the_waiting_ones(client, ser
     assert client.vector_stores.search(store.id, query="Item 0 ships").data[0].file_id == ids[0]
     assert not any(h.file_id in ids[1:] for h in client.vector_stores.search(
         store.id, query="Item ships", max_num_results=10).data)
+
+
+def _chunks_of(served, store_id: str, file_id: str) -> list[str]:  # noqa: F811
+    from ragtune.ingest.collection import Collection
+
+    col = Collection.open(f"vs-{store_id[3:]}", served.settings, create=False)
+    try:
+        return [text for source, text in col.chunks() if file_id in source]
+    finally:
+        col.close()
+
+
+def test_a_static_chunking_strategy_sizes_that_files_chunks(client, served):  # noqa: F811
+    text = "\n\n".join(f"Section {i}. " + " ".join(f"word{i}x{j}" for j in range(60))
+                       for i in range(8)).encode()
+    store = client.vector_stores.create(name="chunking")
+    f = client.files.create(file=("long.md", text), purpose="assistants")
+    auto = client.vector_stores.files.create_and_poll(vector_store_id=store.id, file_id=f.id,
+                                                      poll_interval_ms=200)
+    assert auto.chunking_strategy.static.max_chunk_size_tokens == served.settings.chunk_tokens
+    by_auto = _chunks_of(served, store.id, f.id)
+    client.vector_stores.files.delete(file_id=f.id, vector_store_id=store.id)
+    small = {"type": "static", "static": {"max_chunk_size_tokens": 100,
+                                          "chunk_overlap_tokens": 0}}
+    done = client.vector_stores.files.create_and_poll(
+        vector_store_id=store.id, file_id=f.id, chunking_strategy=small, poll_interval_ms=200)
+    assert done.status == "completed"
+    assert done.chunking_strategy.static.max_chunk_size_tokens == 100
+    by_static = _chunks_of(served, store.id, f.id)
+    assert len(by_static) > len(by_auto)
+    # new attributes keep the file's own chunking
+    client.vector_stores.files.update(file_id=f.id, vector_store_id=store.id,
+                                      attributes={"v": 2})
+    client.vector_stores.files.poll(f.id, vector_store_id=store.id, poll_interval_ms=200)
+    assert len(_chunks_of(served, store.id, f.id)) == len(by_static)
+    assert client.vector_stores.files.retrieve(
+        f.id, vector_store_id=store.id).chunking_strategy.static.max_chunk_size_tokens == 100
+    # attached again with auto: the same bytes, another chunking, so chunked again
+    client.vector_stores.files.create_and_poll(vector_store_id=store.id, file_id=f.id,
+                                               poll_interval_ms=200)
+    assert _chunks_of(served, store.id, f.id) == by_auto
+
+
+def test_a_store_expires_after_its_days_without_use(client, served):  # noqa: F811
+    import json
+    import time
+
+    store = client.vector_stores.create(
+        name="expiring", expires_after={"anchor": "last_active_at", "days": 2})
+    assert store.expires_after.days == 2 and store.status == "completed"
+    assert store.expires_at == store.last_active_at + 2 * 86400
+    f = client.files.create(file=("n.md", b"# Note\n\nThe depot opens at six.\n"),
+                            purpose="assistants")
+    client.vector_stores.files.create_and_poll(vector_store_id=store.id, file_id=f.id,
+                                               poll_interval_ms=200)
+    assert client.vector_stores.search(store.id, query="depot").data
+    # three days without use (the record's clock moved back)
+    path = served.settings.home / "vector_stores" / f"{store.id}.json"
+    rec = json.loads(path.read_text())
+    rec["last_active_at"] = int(time.time()) - 3 * 86400
+    path.write_text(json.dumps(rec))
+    assert client.vector_stores.retrieve(store.id).status == "expired"
+    for use in (lambda: client.vector_stores.search(store.id, query="depot"),
+                lambda: client.vector_stores.files.create(vector_store_id=store.id, file_id=f.id),
+                lambda: client.responses.create(model="base", input="depot?", max_output_tokens=2,
+                                                tools=[{"type": "file_search",
+                                                        "vector_store_ids": [store.id]}])):
+        with pytest.raises(openai.BadRequestError, match="expired"):
+            use()
+    revived = client.vector_stores.update(store.id, expires_after=None)
+    assert revived.status == "completed" and revived.expires_at is None
+    assert client.vector_stores.search(store.id, query="depot").data
