@@ -3,8 +3,8 @@ rendered for the model, the grammar that makes its calls valid, and reading the 
 
 Two formats, chosen per base model by `tool_format(tokenizer)`:
 
-- **Native**, when the model's chat template handles tools (Qwen2.5/3, Hermes, SmolLM3 and the
-  like): the template renders the tool definitions (passed as `tools=`) and the `role: "tool"`
+- **Native**, when the model's chat template handles tools (Qwen2.5, Qwen3, Hermes-2-Pro-style
+  templates): the template renders the tool definitions (passed as `tools=`) and the `role: "tool"`
   results itself, and a call is written exactly as the template writes one. That is learned by
   rendering a probe call through the template: the text before the call's JSON (`open`, e.g.
   `<tool_call>\\n`), the JSON's own keys (`name` and `arguments` or `parameters`) and the text
@@ -28,6 +28,7 @@ validates. `ToolFormat.parse` and `CallStream` read the calls back out of the an
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from ragtune.platform.errors import RagtuneError
 NO_PARAMETERS = {"type": "object", "properties": {}, "additionalProperties": False}
 NAME = "\x00"  # where a call's function name goes in `head` / `tail`
 _DECODER = json.JSONDecoder()
+_SPACE = re.compile(r"\s*")
 
 
 def _function(tool: dict[str, Any]) -> dict[str, Any]:
@@ -185,7 +187,7 @@ class ToolFormat:
     def _call_at(self, text: str, start: int, final: bool) -> tuple[dict[str, Any] | None, int]:
         """The call whose JSON starts after the opening mark at `start`: (call, its end), or
         (None, 0) when there is none, or (None, -1) when more text may complete it."""
-        j = len(text) - len(text[start:].lstrip())
+        j = _SPACE.match(text, start).end()
         try:
             obj, end = _DECODER.raw_decode(text, j)
         except ValueError:
@@ -193,15 +195,17 @@ class ToolFormat:
         if not (isinstance(obj, dict) and isinstance(obj.get(self.name_key), str)
                 and isinstance(obj.get(self.args_key), dict)):
             return None, 0
-        k = len(text) - len(text[end:].lstrip())
         close = self.close.strip()
-        if text.startswith(close, k):
+        k = _SPACE.match(text, end).end()
+        if not close:
+            pass  # the call ends with its JSON
+        elif text.startswith(close, k):
             end = k + len(close)
         elif close.startswith(text[k:]):  # the end of the text: the close cut, or still coming
             if not final:
                 return None, -1
             end = len(text)
-        elif close:
+        else:
             return None, 0
         return ({"id": f"call_{secrets.token_hex(12)}", "type": "function",
                  "function": {"name": obj[self.name_key],
@@ -264,13 +268,17 @@ def tool_format(tokenizer: Any) -> ToolFormat:
 
 
 _P_NAME, _P_ARG, _P_RESULT = "ragtune_probe_fn", "ragtune_probe_arg", "ragtune probe result 7"
+_P_PLAIN, _P_ANSWER = "ragtune probe plain answer", "ragtune probe final answer"
 _P_TOOL = {"type": "function", "function": {
     "name": _P_NAME, "description": "a probe",
     "parameters": {"type": "object", "properties": {_P_ARG: {"type": "integer"}}}}}
 
 
 def _probe(tokenizer: Any) -> ToolFormat | None:
-    """Render a probe call, and its result, through the template; read the format off them."""
+    """Render a probe call, its result and plain answers through the template; read the format
+    off them. None (the fallback) unless the template lists the tools, renders calls with an
+    opening mark, renders tool results, uses no control token as a mark, and renders the answer
+    after a tool result as an extension of the prompt that asked for it."""
     if not getattr(tokenizer, "chat_template", None):
         return None
 
@@ -282,16 +290,19 @@ def _probe(tokenizer: Any) -> ToolFormat | None:
     asked = render([user], True)
     if _P_NAME not in asked:
         return None  # the template leaves the tools out
+    # what the template writes around any answer (Qwen3: an empty think block before it)
+    plain = render([user, {"role": "assistant", "content": _P_PLAIN}], False)
+    if not plain.startswith(asked) or _P_PLAIN not in plain:
+        return None
+    lead, _, trail = plain[len(asked):].partition(_P_PLAIN)
     call = {"role": "assistant", "content": "", "tool_calls": [{
         "id": "call_1", "type": "function", "function": {"name": _P_NAME, "arguments": {_P_ARG: 7}}}]}
     turn = render([user, call], False)
     if not turn.startswith(asked):
         return None
     turn = turn[len(asked):]
-    result = render([user, call, {"role": "tool", "content": _P_RESULT, "name": _P_NAME,
-                                  "tool_call_id": "call_1"}], True)
-    if _P_RESULT not in result:
-        return None
+    turn = turn[len(lead):] if turn.startswith(lead) else turn
+    turn = turn[:len(turn) - len(trail)] if trail and turn.endswith(trail) else turn.rstrip()
     at = turn.find(json.dumps(_P_NAME))
     for start in range(at, -1, -1):  # the JSON object around the name
         if turn[start] != "{":
@@ -307,20 +318,28 @@ def _probe(tokenizer: Any) -> ToolFormat | None:
     keys = {v if isinstance(v, str) else "args": k for k, v in obj.items()}
     if len(obj) != 2 or _P_NAME not in keys or obj.get(keys.get("args", "")) != {_P_ARG: 7}:
         return None
-    opening = turn[:start].lstrip()
-    if not opening.strip():
-        return None  # a bare JSON call cannot be told from a JSON answer
+    opening, close = turn[:start].lstrip(), turn[end:].rstrip()
+    specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if t]
+    if not opening.strip() or any(t in opening or t in close for t in specials):
+        return None  # a bare JSON call is a JSON answer; a control token is cut from the text
     body = turn[start:end]
     args_at = body.find("{", 1)
     args_end = _DECODER.raw_decode(body, args_at)[1]
     quoted = json.dumps(_P_NAME)
-    specials = [s for s in getattr(tokenizer, "all_special_tokens", []) if s]
-    after = turn[end:]
-    cut = min([after.find(s) for s in specials if s in after] or [len(after)])
-    close = after[:cut].rstrip() if cut < len(after) else after.rstrip()
-    return ToolFormat(native=True, open=opening, head=body[:args_at].replace(quoted, NAME),
-                      tail=body[args_end:].replace(quoted, NAME), close=close,
-                      name_key=keys[_P_NAME], args_key=keys["args"], separator="\n")
+    fmt = ToolFormat(native=True, open=opening, head=body[:args_at].replace(quoted, NAME),
+                     tail=body[args_end:].replace(quoted, NAME), close=close,
+                     name_key=keys[_P_NAME], args_key=keys["args"], separator="\n")
+    # the conversation as ragtune renders it: the answer after a tool result must extend the
+    # prompt that asked for it (training needs that; Hermes-3's tool template breaks it), and
+    # the result must show
+    talk, listed = fmt.messages([user, {**call, "tool_calls": [{**call["tool_calls"][0], "function": {
+        "name": _P_NAME, "arguments": json.dumps({_P_ARG: 7})}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": _P_RESULT},
+        {"role": "assistant", "content": _P_ANSWER}], [_P_TOOL])
+    whole = render(talk, False)
+    if not whole.startswith(render(talk[:3], True)) or _P_RESULT not in whole:
+        return None
+    return fmt
 
 
 class CallStream:
@@ -332,14 +351,19 @@ class CallStream:
     def __init__(self, fmt: ToolFormat = FALLBACK) -> None:
         self.fmt = fmt
         self._buf = ""
+        self._waiting = False  # the buffer holds a call's start and waits for its end
+        self._ends = {"}", (fmt.close.strip() or "}")[-1]}  # what a call's end can come with
         self._space = ""  # whitespace held until text follows it
         self._began = False  # some text was sent
         self.calls = 0
 
     def feed(self, piece: str) -> list[tuple[str, Any]]:
         self._buf += piece
+        if self._waiting and not any(c in piece for c in self._ends):
+            return []  # a call still open: nothing in this piece can end it
         pieces, used = self.fmt.segments(self._buf, final=False)
         self._buf = self._buf[used:]
+        self._waiting = self._buf.startswith(self.fmt.mark)
         return self._emit(pieces)
 
     def close(self) -> list[tuple[str, Any]]:

@@ -51,3 +51,16 @@ def with_template(model_dir: Path, out: Path, template: str = QWEN_STYLE) -> Pat
     tok.chat_template = template
     tok.save_pretrained(out)
     return out
+
+# Qwen3's habit: an empty think block before the last assistant turn
+THINKING_STYLE = QWEN_STYLE.replace(
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}",
+    "{{- '<|im_start|>' + message.role + '\\n' + ('<think>\\n\\n</think>\\n\\n' if message.role =="
+    " 'assistant' and loop.last else '') + message.content + '<|im_end|>\\n' }}").replace(
+    "{{- '<|im_start|>' + message.role }}\n{%- if message.content %}",
+    "{{- '<|im_start|>' + message.role }}{%- if loop.last %}{{- '\\n<think>\\n\\n</think>\\n' }}"
+    "{%- endif %}\n{%- if message.content %}")
+# Hermes-3's tool template: a result's end written one way when it ends the prompt, another
+# when an answer follows (not prefix-stable: cannot be trained on)
+UNSTABLE_STYLE = QWEN_STYLE.replace(
+    "'\\n</tool_response>' }}", "'\\n</tool_response>' + ('' if loop.last else '\\n') }}")

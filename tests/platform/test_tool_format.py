@@ -10,7 +10,7 @@ import pytest
 
 from ragtune.platform.errors import RagtuneError
 from ragtune.platform.tools import FALLBACK, CallStream, ToolFormat, tool_format
-from tests.tool_templates import QWEN_STYLE
+from tests.tool_templates import QWEN_STYLE, THINKING_STYLE, UNSTABLE_STYLE
 
 plain_messages = lambda *a: FALLBACK.messages(*a)[0]  # noqa: E731
 grammar_spec, parse_calls = FALLBACK.grammar, FALLBACK.parse
@@ -141,3 +141,41 @@ def test_other_formats_stream_as_they_parse(fmt, step):
     _, calls = fmt.parse(f"Sure. {a}\n{b}")
     assert [json.loads(c["function"]["arguments"]) for c in calls] == [
         {"a": [1, "]"], "b": {"c": "x"}}, {}]
+
+
+def _tokenizer(smollm_tokenizer_dir, template, specials=()):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(smollm_tokenizer_dir))
+    tok.chat_template = template
+    if specials:
+        tok.add_special_tokens({"additional_special_tokens": list(specials)})
+    return tok
+
+
+def test_what_a_template_writes_before_every_answer_is_not_part_of_the_call(smollm_tokenizer_dir):
+    fmt = tool_format(_tokenizer(smollm_tokenizer_dir, THINKING_STYLE))
+    assert fmt.native and fmt.open == "<tool_call>\n" and fmt.close == "\n</tool_call>"
+    thought = '<think>\nweather\n</think>\n\n' + fmt.call_text("f", {"x": 1})
+    assert [c["function"]["name"] for c in fmt.parse(thought)[1]] == ["f"]
+
+
+@pytest.mark.parametrize("template, specials", [
+    (UNSTABLE_STYLE, ()),  # the answer after a result does not extend its prompt
+    (QWEN_STYLE, ("<tool_call>", "</tool_call>")),  # marks that decoding drops as control tokens
+], ids=["not-prefix-stable", "control-token-marks"])
+def test_a_template_format_ragtune_cannot_use_falls_back(smollm_tokenizer_dir, template, specials):
+    assert tool_format(_tokenizer(smollm_tokenizer_dir, template, specials)) == FALLBACK
+
+
+def test_a_call_without_a_closing_mark_ends_with_its_json():
+    fmt = ToolFormat(native=True, open="<|tool_call|>", close="", separator="\n")
+    text = "a " + fmt.call_text("f", {"x": "}"}) + "   \nrest {["
+    for step in (1, 2, 1000):
+        stream, out = CallStream(fmt), []
+        for i in range(0, len(text), step):
+            out += stream.feed(text[i:i + step])
+        out += stream.close()
+        content, calls = fmt.parse(text)
+        assert ("".join(v for k, v in out if k == "text") or None) == content
+        assert [v["function"] for k, v in out if k == "call"] == [c["function"] for c in calls]
