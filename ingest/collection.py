@@ -343,6 +343,16 @@ class Collection:
         finally:
             db.close()
 
+    def chunk_rows(self) -> list[tuple[int, str, str]]:
+        """Every chunk as (chunk id, source, text), in chunk-id order (`ragtune synth`)."""
+        db = self.store.connect()
+        try:
+            return [(r[0], r[1], r[2]) for r in db.execute(
+                "SELECT c.id, d.source, c.text FROM chunks c JOIN documents d ON c.doc_id=d.id "
+                "ORDER BY c.id")]
+        finally:
+            db.close()
+
     def as_retriever(self, k: int = 5, mode: str = "dense",
                      where: dict[str, str] | None = None) -> Any:
         """A langchain-core `BaseRetriever` over this collection."""
