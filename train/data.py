@@ -45,6 +45,7 @@ class DataReport:
     normalised_duplicates: int = 0
     train: list[Example] = field(default_factory=list)
     val: list[Example] = field(default_factory=list)
+    provenance: dict[str, dict[str, int]] = field(default_factory=dict)  # ragtune.origin, .license
 
     def summary(self) -> str:
         fmt = ", ".join(f"{k}: {v}" for k, v in self.formats.items()) or "none"
@@ -53,6 +54,10 @@ class DataReport:
             f"duplicates removed: {self.exact_duplicates} exact, {self.normalised_duplicates} "
             f"after whitespace/case normalisation; {len(self.train)} train, {len(self.val)} val"
         ]
+        if set(self.provenance.get("origin", {})) - {"given"}:
+            out.append("  provenance: " + "; ".join(
+                f"{key} " + ", ".join(f"{v} {n}" for v, n in sorted(vals.items()))
+                for key, vals in self.provenance.items()))
         out += [f"  line {n}: {why}" for n, why in self.problems[:50]]
         if len(self.problems) > 50:
             out.append(f"  ... and {len(self.problems) - 50} more")
@@ -63,7 +68,7 @@ class DataReport:
                 "lines": self.lines, "problems": self.problems,
                 "exact_duplicates": self.exact_duplicates,
                 "normalised_duplicates": self.normalised_duplicates,
-                "train": len(self.train), "val": len(self.val)}
+                "train": len(self.train), "val": len(self.val), "provenance": self.provenance}
 
 
 def _text(obj: dict[str, Any], key: str) -> str:
@@ -172,6 +177,17 @@ def _tool_messages(obj: dict[str, Any], tool_fmt: ToolFormat
         raise ValueError(str(e)) from None
 
 
+def _count_provenance(counts: dict[str, dict[str, int]], obj: dict[str, Any]) -> None:
+    """Count a line's `ragtune` provenance (as `ragtune synth` writes it: its origin, seed or
+    synth, its licence, its teacher); a line without one counts as given."""
+    meta = obj.get("ragtune") if isinstance(obj.get("ragtune"), dict) else {}
+    for key, default in (("origin", "given"), ("license", "unstated"), ("teacher", None)):
+        value = meta.get(key, default)
+        if isinstance(value, str) and value:
+            bucket = counts.setdefault(key, {})
+            bucket[value[:200]] = bucket.get(value[:200], 0) + 1
+
+
 def _norm(messages: list[dict[str, str]]) -> str:
     return json.dumps([(m["role"], re.sub(r"\s+", " ", m["content"]).strip().lower())
                        for m in messages])
@@ -206,7 +222,8 @@ def load_examples(
             continue
         report.lines += 1
         try:
-            fmt, messages, tools = to_messages(json.loads(line), tool_fmt)
+            obj = json.loads(line)
+            fmt, messages, tools = to_messages(obj, tool_fmt)
         except json.JSONDecodeError as e:
             report.problems.append((n, f"bad JSON: {e.msg} at column {e.colno}"))
             continue
@@ -232,6 +249,7 @@ def load_examples(
         seen_exact.add(exact)
         seen_norm.add(norm)
         report.formats[fmt] = report.formats.get(fmt, 0) + 1
+        _count_provenance(report.provenance, obj)
         kept.append(Example(messages, n, tools=tools))
     if strict and report.problems:
         first = "; ".join(f"line {n}: {why}" for n, why in report.problems[:5])
