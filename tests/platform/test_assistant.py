@@ -9,6 +9,7 @@ import pytest
 
 from ragtune.platform.assistant import Assistant
 from ragtune.platform.settings import Settings
+from ragtune.platform.tools import FALLBACK
 from ragtune.platform.types import GenEvent, GenParams, ModelRef, ScoredChunk
 
 
@@ -44,6 +45,7 @@ class FakeGenerator:
     model_name = "base"
     context_window = 2048
     weights = "fp32"
+    tool_format = FALLBACK  # platform/tools.py: the format for a template without tools
 
     def __init__(self, answer="It costs 1 EUR [1] [9]."):
         self.answer = answer

@@ -29,6 +29,7 @@ from ragtune.platform.guard import (
 )
 from ragtune.platform.prompt import build_messages, format_context
 from ragtune.platform.settings import Settings
+from ragtune.platform.tools import FALLBACK
 from ragtune.platform.types import GenEvent, ModelRef, ScoredChunk
 from tests.conftest import REPO
 
@@ -186,6 +187,7 @@ class ScriptedEngine:
     context_window = 4096
     weights = "fp32"
     running = 0
+    tool_format = FALLBACK  # platform/tools.py: the format for a template without tools
 
     def __init__(self, answer: str, step: int = 3):
         self.answer, self.step = answer, step
