@@ -127,6 +127,13 @@ class TrainJob:
     facts_collection: str | None = option(None, "report answers' facts that live in this "
                                                 "collection")
     strip_facts: bool = option(False, "mask those facts out of the loss")
+    audit: bool = option(False, "ask the base model each example's facts closed-book first: "
+                                "report the examples that teach facts it does not know")
+    audit_samples: int = option(4, "sampled answers per example in the audit (plus a greedy one)")
+    drop_unknown: bool = option(False, "leave out examples whose facts the base does not know "
+                                       "(runs the audit)")
+    mask_unknown: bool = option(False, "keep those examples but their unknown facts out of the "
+                                       "loss (runs the audit)")
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
@@ -148,7 +155,11 @@ class TrainJob:
             (0 <= self.no_oracle_share <= 1, "--no-oracle-share must be in [0, 1]"),
             (not self.strip_facts or self.facts_collection is not None,
              "--strip-facts needs --facts-collection COLLECTION to know the facts"),
+            (not (self.drop_unknown and self.mask_unknown),
+             "--drop-unknown and --mask-unknown: choose one"),
+            (self.audit_samples >= 0, "--audit-samples must not be negative"),
         ])
+        self.audit = self.audit or self.drop_unknown or self.mask_unknown
 
 
 @dataclass

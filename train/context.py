@@ -111,7 +111,7 @@ def with_context(
             system, conversation = conversation[0]["content"], conversation[1:]
         messages = build_messages(conversation, context=context, system=system)
         messages.append({"role": "assistant", "content": new_target})
-        out.append(Example(messages, ex.line, tools=ex.tools))
+        out.append(Example(messages, ex.line, list(ex.mask_facts), tools=ex.tools))
         if len(report.examples) < 3:
             report.examples.append({"line": ex.line, "sources": [h.source for h in context],
                                     "target": new_target})

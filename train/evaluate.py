@@ -216,6 +216,15 @@ def card_markdown(card: dict[str, Any]) -> str:
     head = (f"# Adapter {meta['name']}\n\nBase model: {meta['base_model']}. Data: "
             f"{card['data']['path']} (sha256 {card['data']['sha256'][:12]}), "
             f"{card['data']['train']} train / {card['data']['val']} held-out examples.\n\n")
+    prov = card["data"].get("provenance") or {}
+    if set(prov.get("origin", {})) - {"given"}:
+        head += "Provenance: " + "; ".join(f"{k} " + ", ".join(
+            f"{v} ({n})" for v, n in sorted(vals.items())) for k, vals in prov.items()) + ".\n\n"
+    audit = card.get("audit")
+    if audit and audit["examples"]:
+        head += (f"Knowledge audit: {audit['unknown']} of {audit['examples']} examples "
+                 f"({audit['unknown_share']:.0%}) teach facts the base model does not know "
+                 f"({audit['action']}).\n\n")
     ex = card["eval"]["examples"]
     samples = "\n".join(
         f"- **prompt**: {e['prompt'][:200]}\n  - base: `{e['base'][:200]}`\n  - adapter: "

@@ -75,6 +75,33 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print,
     log(report.summary())
     train_set, val_set = report.train, report.val
 
+    # -- the knowledge-boundary audit: facts the base does not know, asked closed-book -------
+    audit_report = None
+    if job.audit:
+        from ragtune.train.audit import audit, unknown_facts
+
+        chunk_texts = []
+        if job.facts_collection:
+            from ragtune.ingest.collection import Collection
+
+            chunk_texts = Collection.open(job.facts_collection, settings, create=False).chunks()
+        audit_report = audit(model, tokenizer, train_set, job.audit_samples, chunk_texts,
+                             seed=cfg.seed)
+        if job.drop_unknown:
+            audit_report.action = "dropped"
+            kept = [ex for ex in train_set if not unknown_facts(ex, audit_report)]
+            if not kept:
+                raise RagtuneError(f"--drop-unknown: all {len(train_set)} training examples "
+                                   "teach facts the base model does not know; put the facts "
+                                   "in a collection (retrieval) or use --mask-unknown")
+            train_set = kept
+        elif job.mask_unknown:
+            audit_report.action = "masked"
+            for ex in train_set:
+                ex.mask_facts = sorted(set(ex.mask_facts) | set(unknown_facts(ex, audit_report)))
+        audit_report.trained = len(train_set)
+        log(audit_report.summary())
+
     # -- retrieval-aware prompts (RAFT-style, hard negatives from our own retriever) ---------
     context_info = None
     if job.with_context:
@@ -103,7 +130,7 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print,
         if job.strip_facts and facts_report.facts:
             facts_report.stripped = True
             for ex in train_set + val_set:
-                ex.mask_facts = list(facts_report.facts)
+                ex.mask_facts = sorted(set(ex.mask_facts) | set(facts_report.facts))
         log(facts_report.summary())
 
     run_dir = run_dir_for(settings, job, report.sha256)
@@ -192,6 +219,7 @@ def run(settings: Settings, job: TrainJob, cfg: TrainConfig, log: Any = print,
         "eval": evaluation,
         "context": context_info,
         "facts": asdict(facts_report) if facts_report else None,
+        "audit": audit_report.to_dict() if audit_report else None,
         "finished_at": time.time(),
     }
     version_dir = registry.register(settings, job.name, result.best_dir, meta,
