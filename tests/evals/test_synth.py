@@ -102,20 +102,20 @@ def test_eval_and_train_sets_from_the_demo_knowledge_base(acme_home, real_genera
     from ragtune.train.data import load_examples
 
     qa, train = tmp_path / "qa.jsonl", tmp_path / "train.jsonl"
-    r = CliRunner().invoke(app, ["synth", "eval", "-c", "acme", "--out", str(qa), "--n", "10"])
+    r = CliRunner().invoke(app, ["synth", "eval", "-c", "acme", "--out", str(qa), "--n", "8"])
     assert r.exit_code == 0, r.output
-    assert "synth eval: 10 written" in r.output
+    assert "synth eval: 8 written" in r.output
     col = Collection.open("acme", get_settings(), create=False)
     chunks = {cid: text for cid, _, text in col.chunk_rows()}
     col.close()
     items = [json.loads(line) for line in qa.read_text().splitlines()]
-    assert len(items) == 10 and len({i["source"] for i in items}) >= 8  # spread over documents
+    assert len(items) == 8 and len({i["source"] for i in items}) == 8  # spread over documents
     for it in items:
         assert verify(it["facts"][0], chunks[it["chunk_id"]]), it
         assert normalise(it["facts"][0]) not in normalise(it["question"])
         assert it["retrieved_rank"] is None or 1 <= it["retrieved_rank"] <= 5
-    assert sum(i["retrieved_rank"] is not None for i in items) >= 7
-    assert len(load_qa(qa)) == 10
+    assert sum(i["retrieved_rank"] is not None for i in items) >= 6
+    assert len(load_qa(qa)) == 8
 
     r = CliRunner().invoke(app, ["synth", "train", "-c", "acme", "--seeds",
                                  str(_seeds(tmp_path / "seeds.jsonl")), "--out", str(train),

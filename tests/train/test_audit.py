@@ -41,15 +41,13 @@ def memoriser(tmp_path_factory, tiny_lm_dir):
     ids = torch.tensor([i + [tok.pad_token_id] * (width - len(i)) for i, _ in rows])
     labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
     torch.manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
-    for _ in range(300):
+    for _ in range(100):  # ~4 s; recites all three from ~60 steps
         loss = model(input_ids=ids, labels=labels).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if loss.item() < 0.01:
-            break
     model.save_pretrained(out)
     for f in tiny_lm_dir.iterdir():
         if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
