@@ -14,7 +14,18 @@ import sys
 
 import typer
 
-from ragtune.cli import ask, collections, ft, ingest, models, route, serve, synth, train  # noqa: F401,E501  (registers)
+from ragtune.cli import (  # noqa: F401  (registers)
+    ask,
+    collections,
+    feedback,
+    ft,
+    ingest,
+    models,
+    route,
+    serve,
+    synth,
+    train,
+)
 from ragtune.cli.app import app
 from ragtune.platform.errors import RagtuneError
 

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
         "fetchable links from sources, redact the system prompt's secrets from answers "
         "(platform/guard.py); off only to measure what it does"
     )
+    record_answers: bool = Field(
+        True, description="record each API answer with what it used (model, index generation, "
+        "chunks, prompt hash) so feedback can refer to it (serve/feedback.py); a request's "
+        "store: false skips it"
+    )
 
     weights: Literal["auto", "fp32", "bf16", "int8"] = Field(
         "auto", description="the served base model's weights (generate/weights.py): auto is fp32 "

@@ -26,6 +26,7 @@ from ragtune.platform.errors import OverloadedError, RagtuneError
 from ragtune.platform.settings import Settings
 from ragtune.serve.auth import ACCESS, LOOPBACK, Keys
 from ragtune.serve.deps import ServerState, principal, route_path, state
+from ragtune.serve.feedback import FeedbackStore
 from ragtune.serve.filestore import FileStore
 from ragtune.serve.ft_jobs import FineTuning
 from ragtune.serve.jobs import Jobs
@@ -111,6 +112,7 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
         chat,
         collections,
         embeddings,
+        feedback,
         files,
         fine_tuning,
         jobs,
@@ -154,6 +156,7 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
     st.assistant = Assistant(engine, settings, retrievers=st.collection,
                              chooser=PlanChooser(settings, st.query_router, st.embed))
     st.files = FileStore(settings.files_dir)
+    st.feedback = FeedbackStore(settings.home)
     st.fine_tuning = FineTuning(settings, st.files, engine.model_name, _base_dir(engine, settings))
     app.state.ragtune = st
     app.include_router(chat.router)
@@ -167,6 +170,7 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
     app.include_router(fine_tuning.router)
     app.include_router(vector_stores.router)
     app.include_router(route.router)
+    app.include_router(feedback.router)
     app.include_router(ui.router)  # the web page at /
 
     @app.exception_handler(RagtuneError)

@@ -35,6 +35,7 @@ ACCESS = {
     "GET /v1/responses/{response_id}": "query", "DELETE /v1/responses/{response_id}": "query",
     "GET /v1/responses/{response_id}/input_items": "query",
     "POST /v1/embeddings": "query",
+    "POST /v1/feedback": "query", "GET /v1/feedback": "query",
     "GET /v1/collections": "query", "GET /v1/collections/{name}": "query",
     "POST /v1/collections/{name}/search": "query",
     "POST /v1/collections/{name}/documents": "ingest",

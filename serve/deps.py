@@ -25,6 +25,7 @@ class ServerState:
     open_allowed: bool
     files: Any = None  # the Files API's store (serve/filestore.py)
     fine_tuning: Any = None  # the fine-tuning jobs (serve/ft_jobs.py)
+    feedback: Any = None  # answers and feedback on them (serve/feedback.py)
     draining: bool = False  # a stop signal came: new requests get 503, in-flight ones finish
     _collections: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     _embedder: Any = None

@@ -168,7 +168,7 @@ class StreamOptions(Body):
 
 class ChatRequest(Body):
     # fields an OpenAI client may send that change nothing here (docs/serve.md)
-    IGNORED = ("store", "metadata", "service_tier", "prompt_cache_key", "safety_identifier")
+    IGNORED = ("metadata", "service_tier", "prompt_cache_key", "safety_identifier")
     model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"examples": [
         {"model": "base", "max_tokens": 16,
          "messages": [{"role": "user", "content": "How much does the Basic plan cost?"}],
@@ -184,6 +184,8 @@ class ChatRequest(Body):
     n: int = Field(1, ge=1, le=8, description="choices: the same prompt decoded n times in "
                    "one batch (each its own seed: seed, seed+1, ...)")
     stream: bool = False
+    store: bool | None = Field(None, description="false: this answer is not recorded (feedback "
+                               "cannot refer to it); recorded by default (RAGTUNE_RECORD_ANSWERS)")
     stream_options: StreamOptions | None = None
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     presence_penalty: float = Field(0.0, ge=-2, le=2)

@@ -14,7 +14,14 @@ from starlette.concurrency import run_in_threadpool
 
 from ragtune.generate.grammar import check_json_schema
 from ragtune.platform import tools
-from ragtune.platform.assistant import JSON_FORMATS, Answer, RagSpec, Turn, TurnRequest
+from ragtune.platform.assistant import (
+    JSON_FORMATS,
+    Answer,
+    RagSpec,
+    Turn,
+    TurnRequest,
+    last_user_text,
+)
 from ragtune.platform.errors import GenerationTimeout, RagtuneError
 from ragtune.platform.json_answer import json_valid
 from ragtune.platform.types import GenParams
@@ -138,6 +145,15 @@ async def chat_completions(body: ChatRequest, request: Request,
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     labels = {"adapter": ref.label if ref.adapter else "", "collection": turn.collection or ""}
 
+    keep = body.store is not False and st.settings.record_answers
+    question = last_user_text(messages)
+
+    def remember(i: int, answer: Answer) -> None:
+        """The answer and what it used, for feedback (serve/feedback.py)."""
+        if keep and answer.finish_reason not in ("timeout", "error"):
+            st.feedback.safe_record(cid if i == 0 else f"{cid}-{i}", who.id, question, answer,
+                                    turn.prep.messages)
+
     def record(answer: Answer) -> None:
         m = st.metrics
         m.tokens.labels(**labels).inc(answer.usage["completion_tokens"])
@@ -199,6 +215,7 @@ async def chat_completions(body: ChatRequest, request: Request,
                             yield "data: [DONE]\n\n"
                             return
                         record(answer)
+                        await run_in_threadpool(remember, i, answer)
                         finish = answer.finish_reason
                         if calls_only:
                             for piece in pieces(i, splitters[i].close()):
@@ -251,6 +268,8 @@ async def chat_completions(body: ChatRequest, request: Request,
         if answer.finish_reason == "error":
             raise RuntimeError("generation failed; the server log says why")
         record(answer)
+    for i, answer in enumerate(answers):
+        await run_in_threadpool(remember, i, answer)
     choices = []
     for i, answer in enumerate(answers):
         message, finish = _message(answer, params, fmt)

@@ -192,6 +192,8 @@ async def create_response(request: Request, body: dict[str, Any] = Body(
         if body.get("store", True) is not False:
             R.ResponseStore(st.settings.home / "responses").save(
                 response, items, history + items, who.id)
+            if st.settings.record_answers:  # for feedback (serve/feedback.py)
+                st.feedback.safe_record(shell["id"], who.id, query, answer, turn.prep.messages)
         return response
 
     fs_id, msg_id = R.new_id("fs"), R.new_id("msg")

@@ -15,6 +15,7 @@ function el(tag, props = {}, ...children) {
     if (k === "text") node.textContent = v;
     else if (k === "className") node.className = v;
     else if (k === "dataset") Object.assign(node.dataset, v);
+    else if (k.startsWith("on") && typeof v === "function") node.addEventListener(k.slice(2), v);
     else node.setAttribute(k, v);
   }
   for (const c of children) if (c !== null && c !== undefined) node.append(c);
@@ -188,6 +189,30 @@ function citationItem(c) {
     el("pre", { className: "cite-text", text: c.text }));
 }
 
+// Thumbs up or down on an answer, with an optional correction: POST /v1/feedback
+function feedbackBox(responseId) {
+  const status = el("span", { className: "status" });
+  const correction = el("textarea", { className: "correction", rows: 2,
+    placeholder: "optional: the answer it should have been" });
+  const send = async (rating) => {
+    const body = { response_id: responseId, rating };
+    if (correction.value.trim()) body.correction = correction.value.trim();
+    try {
+      await api("/v1/feedback", { method: "POST", body: JSON.stringify(body),
+        headers: { "Content-Type": "application/json" } });
+      setStatus(status, rating === "up" ? "thanks: marked good" : "thanks: marked wrong", "ok");
+    } catch (e) {
+      setStatus(status, `feedback failed: ${e.message}`, "error");
+    }
+  };
+  return el("div", { className: "feedback" },
+    el("button", { type: "button", className: "thumb up", title: "a good answer",
+      text: "\u{1F44D}", onclick: () => send("up") }),
+    el("button", { type: "button", className: "thumb down", title: "a wrong answer",
+      text: "\u{1F44E}", onclick: () => send("down") }),
+    correction, status);
+}
+
 async function sendChat(ev) {
   ev.preventDefault();
   const question = $("#chat-input").value.trim();
@@ -259,6 +284,7 @@ async function sendChat(ev) {
       extras.append(el("div", { className: "label", text: `Sources (${cites.length})` }),
         el("div", { className: "citations" }, ...cites.map(citationItem)));
     }
+    if (final && final.id) extras.append(feedbackBox(final.id));
     setStatus($("#chat-status"), "");
   } catch (e) {
     turn.classList.add("failed");

@@ -51,6 +51,12 @@ MATRIX = {
     "POST /v1/embeddings": (
         ("POST", "/v1/embeddings", {"json": {"model": "all-MiniLM-L6-v2", "input": "hello"}}),
         dict(none=401, wrong=401, query=200, other=200, ingest=403, admin=200)),
+    # feedback: on an answer this key received (another key's, or none: 404)
+    "POST /v1/feedback": (
+        ("POST", "/v1/feedback", {"json": {"response_id": "chatcmpl-none", "rating": "up"}}),
+        dict(none=401, wrong=401, query=404, other=404, ingest=403, admin=404)),
+    "GET /v1/feedback": (("GET", "/v1/feedback", {}),
+                         dict(none=401, wrong=401, query=200, other=200, ingest=403, admin=200)),
     "GET /v1/collections": (("GET", "/v1/collections", {}),
                             dict(none=401, wrong=401, query=200, other=200, ingest=403,
                                  admin=200)),

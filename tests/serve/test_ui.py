@@ -164,6 +164,24 @@ def test_chat_streams_the_answer_and_shows_citations(page):
     assert "score 0." in pricing.locator("summary").inner_text()
 
 
+def test_an_answer_takes_a_thumbs_down_with_a_correction(page, served):
+    from ragtune.serve.feedback import FeedbackStore
+
+    page.select_option("#chat-collection", "docs")
+    page.fill("#chat-max-tokens", "6")
+    page.fill("#chat-input", QUESTION)
+    page.click("#chat-send")
+    turn = page.locator(".turn.done")
+    turn.wait_for()
+    turn.locator(".feedback .correction").fill("The Basic plan costs 10 EUR per month.")
+    turn.locator(".feedback .thumb.down").click()
+    expect(turn.locator(".feedback .status")).to_have_text("thanks: marked wrong")
+    (row,) = [r for r in FeedbackStore(served.settings.home).items("down")
+              if r["question"] == QUESTION]
+    assert row["correction"] == "The Basic plan costs 10 EUR per month."
+    assert row["collection"] == "docs" and row["chunks"] and row["generation"] == 1
+
+
 def test_chat_with_model_auto_follows_the_applied_plan(page, served):
     from ragtune.platform.files import write_json
 
