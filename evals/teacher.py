@@ -72,8 +72,8 @@ class HttpTeacher:
 class LocalTeacher:
     """The local generator (the base model, no adapter), greedy."""
 
-    def __init__(self, generator: Any):
-        self.generator = generator
+    def __init__(self, generator: Any, own: bool = True):
+        self.generator, self.own = generator, own  # own: closed with this teacher
         self.name = f"local {generator.model_name}"
 
     def complete(self, messages: list[dict[str, str]], max_tokens: int) -> str:
@@ -84,7 +84,7 @@ class LocalTeacher:
 
     def close(self) -> None:
         close = getattr(self.generator, "close", None)
-        if close:
+        if close and self.own:
             close()
 
 

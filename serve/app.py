@@ -119,6 +119,7 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
         models,
         responses,
         route,
+        synth,
         ui,
         vector_stores,
     )
@@ -171,6 +172,7 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
     app.include_router(vector_stores.router)
     app.include_router(route.router)
     app.include_router(feedback.router)
+    app.include_router(synth.router)
     app.include_router(ui.router)  # the web page at /
 
     @app.exception_handler(RagtuneError)

@@ -36,6 +36,7 @@ ACCESS = {
     "GET /v1/responses/{response_id}/input_items": "query",
     "POST /v1/embeddings": "query",
     "POST /v1/feedback": "query", "GET /v1/feedback": "query",
+    "POST /v1/synth": "train",  # makes training data (a fine-tune file) from a collection
     "GET /v1/collections": "query", "GET /v1/collections/{name}": "query",
     "POST /v1/collections/{name}/search": "query",
     "POST /v1/collections/{name}/documents": "ingest",

@@ -57,6 +57,10 @@ MATRIX = {
         dict(none=401, wrong=401, query=404, other=404, ingest=403, admin=404)),
     "GET /v1/feedback": (("GET", "/v1/feedback", {}),
                          dict(none=401, wrong=401, query=200, other=200, ingest=403, admin=200)),
+    "POST /v1/synth": (
+        ("POST", "/v1/synth", {"json": {"kind": "eval", "collection": "docs", "n": 1,
+                                        "teacher": "none"}}),
+        dict(none=401, wrong=401, query=403, other=403, ingest=403, admin=200)),
     "GET /v1/collections": (("GET", "/v1/collections", {}),
                             dict(none=401, wrong=401, query=200, other=200, ingest=403,
                                  admin=200)),

@@ -51,7 +51,7 @@ FEWER = ("/v1/files", "/v1/files/{file_id}", "/v1/files/{file_id}/content",
          "/v1/vector_stores/{vs_id}/file_batches/{batch_id}/files",
          "/v1/vector_stores/{vs_id}/file_batches/{batch_id}/cancel",
          "/v1/responses/{response_id}", "/v1/responses/{response_id}/input_items",
-         "/v1/feedback",
+         "/v1/feedback", "/v1/synth",
          "/v1/models/{model_id}")
 MORE = {**dict.fromkeys(FEWER, 0.3),
         "/v1/chat/completions": 4.0, "/v1/embeddings": 1.5, "/v1/collections/{name}/search": 1.5,
