@@ -229,12 +229,16 @@ def test_a_teachers_answers_are_used_when_they_pass_and_its_errors_lose_nothing(
 
     chunks = [(i, f"/kb/doc{i}.md", f"Plan {i} costs {10 + i} EUR per month.")
               for i in range(1, 11)]
+    # two documents that disagree: the same question twice, kept once
+    chunks[1:1] = [(20, "/kb/a-old.md", "Plan Z costs 5 EUR per month."),
+                   (21, "/kb/a-new.md", "Plan Z costs 6 EUR per month.")]
     seeds = Seeds.read(_seeds(tmp_path / "seeds.jsonl"))
     # per answer: used, lacks the fact, not JSON, a failure (3 tries), used...
     _Stub.script[:] = ["ok", "nofact", "text", "fail", "fail", "fail", "ok", "ok"]
     out = tmp_path / "train.jsonl"
     teacher = HttpTeacher(stub_teacher, "stub-model", retries=2)
     report = synth_train(chunks, seeds, out, n=5, teacher=teacher, answers_by_teacher=True)
+    assert report.dropped["question already kept (or a seed's)"] == 1
     assert report.dropped["teacher answer lacks the fact"] == 1
     assert report.dropped["teacher answer is not the seeds' JSON"] == 1
     assert sum(n for why, n in report.dropped.items() if why.startswith("teacher error")) == 1
