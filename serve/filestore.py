@@ -27,6 +27,7 @@ from ragtune.platform.files import fsync_dir, write_json
 # what a client may upload for; `fine-tune-results` files are written by the server
 PURPOSES = ("fine-tune", "assistants", "user_data")
 SERVER_PURPOSES = ("fine-tune-results",)
+UPLOAD_LINE_BYTES = 1 << 22  # 4 MB: a longer example line is refused before it is parsed
 MAX_LINE_PROBLEMS = 5  # named in an upload's error; the count says how many more
 MAX_LIST = 10_000  # OpenAI's largest page of files
 
@@ -35,16 +36,12 @@ def check_training_lines(data: bytes, what: str) -> int:
     """The number of examples in a fine-tune JSONL; a RagtuneError naming the bad lines (line
     numbers, reasons) otherwise. Lengths in tokens are checked when a job validates its files
     (they depend on the model)."""
-    from ragtune.train.data import to_messages
+    from ragtune.train.data import jsonl_lines, to_messages
 
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise RagtuneError(f"{what} is not UTF-8 text (byte {e.start}): save it as UTF-8 JSONL",
-                           ) from None
     problems, examples = [], 0
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
+    for n, line, problem in jsonl_lines(data, UPLOAD_LINE_BYTES):
+        if problem:
+            problems.append(f"line {n}: {problem}")
             continue
         try:
             to_messages(json.loads(line))  # the format's checks (the tools' format: at training)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,11 +156,14 @@ def _tool_messages(obj: dict[str, Any], tool_fmt: ToolFormat
                          "{\"name\", \"parameters\"}}")
     msgs = []
     for i, m in enumerate(obj["messages"]):
-        if not isinstance(m, dict) or m.get("role") not in ROLES | {"tool"}:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or \
+                m["role"] not in ROLES | {"tool"}:
             raise ValueError(f"message {i} has no known role (use {sorted(ROLES | {'tool'})})")
         calls = m.get("tool_calls")
         if calls is not None and (m["role"] != "assistant" or not isinstance(calls, list) or not
                                   all(isinstance(c, dict) and isinstance(c.get("function"), dict)
+                                      and isinstance(c.get("id", ""), str)
+                                      and isinstance(c["function"].get("name", ""), str)
                                       for c in calls)):
             raise ValueError(f"message {i}: tool_calls belong to assistant messages, as a list "
                              "of {\"id\", \"type\": \"function\", \"function\": {\"name\", "
@@ -167,6 +171,8 @@ def _tool_messages(obj: dict[str, Any], tool_fmt: ToolFormat
         content = m.get("content")
         if content is not None and not isinstance(content, str):
             raise ValueError(f"message {i} ({m['role']}): content must be text")
+        if not isinstance(m.get("tool_call_id", ""), str | None):
+            raise ValueError(f"message {i}: tool_call_id must be the id of a call (text)")
         if not calls and not (content or "").strip():
             raise ValueError(f"message {i} ({m['role']}) has empty content")
         msgs.append({"role": m["role"], "content": content, "tool_calls": calls,
@@ -193,6 +199,29 @@ def _norm(messages: list[dict[str, str]]) -> str:
                        for m in messages])
 
 
+BYTES_PER_TOKEN = 64  # a line over max_seq_len x this many bytes cannot fit: refused unread
+MIN_LINE_BYTES = 1 << 16
+
+
+def jsonl_lines(raw: bytes, max_line_bytes: int) -> Iterator[tuple[int, str | None, str | None]]:
+    """(line number, text, None) for each non-blank line of a JSONL file, or (line number,
+    None, why) for a line too long (refused by its byte length, before decoding or parsing) or
+    not UTF-8: one bad line is that line's problem, not the file's."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    for n, line in enumerate(raw.split(b"\n"), 1):
+        if len(line) > max_line_bytes:
+            yield n, None, (f"{len(line)} bytes is longer than the {max_line_bytes}-byte line "
+                            "limit: nothing that long fits the model's max_seq_len")
+            continue
+        if not line.strip():
+            continue
+        try:
+            yield n, line.rstrip(b"\r").decode("utf-8"), None
+        except UnicodeDecodeError as e:
+            yield n, None, f"not UTF-8 (byte {e.start} of the line): save the file as UTF-8"
+
+
 def load_examples(
     path: str | Path,
     tokenizer: Any,
@@ -210,17 +239,14 @@ def load_examples(
         raise RagtuneError(f"cannot read training data {path}: {e.strerror}") from e
     report = DataReport(str(path), hashlib.sha256(raw).hexdigest())
     tool_fmt = tool_format(tokenizer)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise RagtuneError(f"{path} is not UTF-8 (byte offset {e.start}): convert it") from e
     seen_exact: set[str] = set()
     seen_norm: set[str] = set()
     kept: list[Example] = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, line, problem in jsonl_lines(raw, max(MIN_LINE_BYTES, max_seq_len * BYTES_PER_TOKEN)):
         report.lines += 1
+        if problem:
+            report.problems.append((n, problem))
+            continue
         try:
             obj = json.loads(line)
             fmt, messages, tools = to_messages(obj, tool_fmt)

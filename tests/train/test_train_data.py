@@ -132,3 +132,39 @@ def test_tool_lines_train_in_the_served_tool_format(tok, tmp_path):
     ids, labels = encode(tok, ex.messages)  # the call is an assistant turn: it carries loss
     learned = tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab != -100])
     assert "<tool_call>" in learned and "tool_response" not in learned
+
+
+def test_an_over_long_line_is_refused_by_its_bytes_before_it_is_read(tok, tmp_path, monkeypatch):
+    """A 10 MB line is a problem on its line, found without parsing or tokenising it."""
+    import ragtune.train.data as data
+
+    seen = []
+    real = data.to_messages
+    monkeypatch.setattr(data, "to_messages", lambda obj, *a: seen.append(1) or real(obj, *a))
+    huge = json.dumps(chat("q", "x" * (10 << 20)))
+    path = write(tmp_path / "d.jsonl", [chat(f"q{i}", f"a{i}") for i in range(5)] + [huge])
+    rep = load_examples(path, tok, max_seq_len=512)
+    assert len(seen) == 5 and rep.lines == 6
+    ((line, why),) = rep.problems
+    assert line == 6 and "line limit" in why and str(len(huge)) in why
+
+
+def test_a_line_of_invalid_utf8_is_skipped_by_number_unless_strict(tok, tmp_path):
+    good = [json.dumps(chat(f"q{i}", f"a{i}")).encode() for i in range(5)]
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\n".join(good[:2] + [b'{"prompt": "\xff\xfe", '
+                                                               b'"completion": "x"}'] + good[2:]))
+    rep = load_examples(path, tok)
+    assert len(rep.train) + len(rep.val) == 5
+    assert rep.problems == [(3, "not UTF-8 (byte 12 of the line): save the file as UTF-8")]
+    with pytest.raises(RagtuneError, match="line 3: not UTF-8"):
+        load_examples(path, tok, strict=True)
+
+
+def test_an_upload_names_its_bad_bytes_by_line(tmp_path):
+    from ragtune.serve.filestore import check_training_lines
+
+    good = json.dumps(chat("q", "a")).encode()
+    with pytest.raises(RagtuneError, match=r"line 2: not UTF-8 .* line 3: .*line limit"):
+        check_training_lines(b"\n".join([good, b'{"x": "\xff"}', b"x" * (5 << 20), good]),
+                             "file 'd.jsonl'")
