@@ -54,8 +54,8 @@ def keys_create(
     """Create an API key; it is printed once and stored only as a hash."""
     from ragtune.serve.auth import Keys
 
-    def split(v: str | None) -> list[str] | None:
-        return [x.strip() for x in v.split(",") if x.strip()] if v else None
+    def split(v: str | None) -> list[str] | None:  # "" stays [] (refused), not "every one"
+        return None if v is None else [x.strip() for x in v.split(",") if x.strip()]
 
     key, row = Keys(_settings().keys_file).create(split(scopes) or [], split(collections),
                                                   split(adapters), name)

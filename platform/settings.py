@@ -90,6 +90,10 @@ class Settings(BaseSettings):
         "fetchable links from sources, redact the system prompt's secrets from answers "
         "(platform/guard.py); off only to measure what it does"
     )
+    embed_max_tokens: int = Field(
+        65_536, ge=1, description="tokens one /v1/embeddings request may hold (all its texts): a "
+        "bound on the CPU time one request takes (2,048 full texts took 52 s on 2 cores)"
+    )
     record_answers: bool = Field(
         True, description="record each API answer with what it used (model, index generation, "
         "chunks, prompt hash) so feedback can refer to it (serve/feedback.py); a request's "

@@ -10,9 +10,11 @@ stops the generation worker and exits.
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 import warnings
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -49,6 +51,18 @@ def is_loopback(host: str) -> bool:
 
 def error_body(message: str, kind: str, status: int, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+
+
+_ABSOLUTE = re.compile(r"(?<![\w/.:])/(?:[^\s/'\"`(),;]+/)+([^\s/'\"`(),;]*)")
+
+
+def scrub_paths(message: str, home: Path) -> str:
+    """An error message as a client may read it: the server's folders left out (the home as
+    RAGTUNE_HOME, any other absolute path as its last part), API paths (/v1/...) kept."""
+    for root in {str(home.resolve()), str(home)}:
+        message = message.replace(root, "RAGTUNE_HOME")
+    return _ABSOLUTE.sub(lambda m: m.group(0) if m.group(0).startswith(("/v1/", "/ui/"))
+                         else f".../{m.group(1)}", message)
 
 
 class BodyLimit:
@@ -178,7 +192,8 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
     @app.exception_handler(RagtuneError)
     async def _ragtune_error(request: Request, exc: RagtuneError) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, OverloadedError) else None
-        return JSONResponse(error_body(str(exc), exc.kind, exc.status, exc.param), exc.status,
+        message = scrub_paths(str(exc), settings.home)
+        return JSONResponse(error_body(message, exc.kind, exc.status, exc.param), exc.status,
                             headers=headers)
 
     @app.exception_handler(RequestValidationError)

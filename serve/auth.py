@@ -42,7 +42,8 @@ ACCESS = {
     "POST /v1/collections/{name}/documents": "ingest",
     "DELETE /v1/collections/{name}/documents/{doc}": "ingest",
     "GET /v1/adapters": "query", "POST /v1/adapters": "train", "GET /v1/adapters/{name}": "query",
-    "GET /v1/jobs/{job_id}": "query", "POST /v1/route": "query",
+    "GET /v1/jobs/{job_id}": ("query", "ingest", "train"),  # a key reads the jobs it started
+    "POST /v1/route": "query",
     # files: fine-tune data needs train, documents ingest (the upload checks which it is)
     "POST /v1/files": ("ingest", "train"), "GET /v1/files": ("ingest", "train"),
     "GET /v1/files/{file_id}": ("ingest", "train"),
@@ -118,13 +119,14 @@ class Keys:
         self._lock = threading.Lock()
         self._stamp: tuple[float, int] | None = None
         self._rows: list[dict[str, Any]] = []
+        self._had_keys = False  # a key existed: revoking them all does not open the server
 
     def _load(self) -> list[dict[str, Any]]:
         with self._lock:
             try:
                 st = self.path.stat()
-            except FileNotFoundError:
-                self._stamp, self._rows = None, []
+            except FileNotFoundError:  # no keys file: a fresh home (revoking leaves the file)
+                self._stamp, self._rows, self._had_keys = None, [], False
                 return []
             if self._stamp != (st.st_mtime, st.st_size):
                 try:
@@ -133,6 +135,7 @@ class Keys:
                     raise RagtuneError(f"{self.path} is not a ragtune keys file ({e}): restore it "
                                        "or delete it and create keys again") from e
                 self._stamp = (st.st_mtime, st.st_size)
+            self._had_keys = self._had_keys or bool(self._rows)
             return self._rows
 
     def _save(self, rows: list[dict[str, Any]]) -> None:
@@ -146,6 +149,10 @@ class Keys:
         bad = [s for s in scopes if s not in SCOPES]
         if bad or not scopes:
             raise RagtuneError(f"scopes {bad or scopes}: use some of {', '.join(SCOPES)}")
+        for what, names in (("collections", collections), ("adapters", adapters)):
+            if names is not None and not [n for n in names if n.strip()]:
+                raise RagtuneError(f"--{what} is empty (an unset shell variable?): name at least "
+                                   f"one, or leave --{what} out for a key that may use every one")
         key = "rt-" + secrets.token_urlsafe(32)
         row = {"id": secrets.token_hex(4), "name": name, "hash": _hash(key),
                "scopes": sorted(set(scopes)), "collections": collections, "adapters": adapters,
@@ -175,9 +182,15 @@ class Keys:
         return None
 
     def principal(self, authorization: str | None, open_allowed: bool) -> Principal:
-        """The caller of a request, from its Authorization header."""
-        if open_allowed and self.empty():
+        """The caller of a request, from its Authorization header. A server open to this machine
+        (loopback, no keys) closes once a key exists: revoking every key later does not open it
+        again until a restart (only deleting the keys file, a fresh start, does)."""
+        if open_allowed and self.empty() and not self._had_keys:
             return OPEN
+        if self.empty():
+            raise AuthError("every API key of this server was revoked: it refuses requests until "
+                            "a key is created (`ragtune keys create`) or it is restarted (with no "
+                            "keys, a loopback server is open to this machine)")
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError("this server needs an API key: send `Authorization: Bearer <key>` "

@@ -166,10 +166,9 @@ def resolve(settings: Settings, ref: str) -> Path:
     folder = settings.adapters_dir / check_name(name, "adapter")
     versions = _versions(folder)
     if not versions:
-        known = ", ".join(sorted(d.name for d in settings.adapters_dir.glob("[!.]*") if _versions(d)))
-        raise NotFoundError(
-            f"no adapter named {name!r} in {settings.adapters_dir} (known: {known or 'none'}): "
-            "train one with `ragtune train DATA --name NAME`")
+        raise NotFoundError(  # the others' names are not said: a key may be limited to some
+            f"no adapter named {name!r}: `ragtune adapters list` (or GET /v1/models) lists the "
+            "adapters; train one with `ragtune train DATA --name NAME`")
     which = which or "latest"
     version = _aliases(folder).get(which, which)
     if version not in versions:

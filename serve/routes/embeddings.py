@@ -30,12 +30,17 @@ async def embeddings(body: EmbeddingsRequest, request: Request,
     texts = [body.input] if isinstance(body.input, str) else body.input
     if body.dimensions is not None and body.dimensions != emb.dim:
         raise RagtuneError(f"dimensions {body.dimensions}: this embedder gives {emb.dim}")
+    tokens = sum(len(emb.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    cap = st.settings.embed_max_tokens
+    if tokens > cap:  # counted before any model work: the CPU time a request may take
+        raise RagtuneError(f"this request holds {tokens} tokens in {len(texts)} text(s); at most "
+                           f"{cap} per request (RAGTUNE_EMBED_MAX_TOKENS): send it in parts",
+                           param="input")
     vecs = await run_in_threadpool(emb.encode, texts)
     data = []
     for i, v in enumerate(np.asarray(vecs, dtype=np.float32)):
         value: Any = (base64.b64encode(v.astype("<f4").tobytes()).decode()
                       if body.encoding_format == "base64" else v.tolist())
         data.append({"object": "embedding", "index": i, "embedding": value})
-    tokens = sum(len(emb.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
     return {"object": "list", "data": data, "model": emb.identity["name"],
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

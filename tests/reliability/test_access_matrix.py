@@ -85,7 +85,7 @@ MATRIX = {
         ("POST", "/v1/adapters", {"data": {"name": "m"}}),
         dict(none=401, wrong=401, query=403, other=403, ingest=403, admin=422)),
     "GET /v1/jobs/{job_id}": (("GET", "/v1/jobs/job-missing", {}),
-                              dict(none=401, wrong=401, query=404, other=404, ingest=403,
+                              dict(none=401, wrong=401, query=404, other=404, ingest=404,
                                    admin=404)),
     "POST /v1/route": (("POST", "/v1/route", {"json": {"requirements": ["Prices change daily"]}}),
                        dict(none=401, wrong=401, query=200, other=200, ingest=403, admin=200)),
