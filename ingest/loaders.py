@@ -18,11 +18,13 @@ import json
 import math
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ragtune.ingest.limits import Clock, LimitExceeded, Limits, check_depth, check_zip, csv_reader
 from ragtune.platform.errors import RagtuneError
 
 TEXT_EXTS = {".txt", ".text", ".md", ".markdown", ".rst"}
@@ -75,10 +77,14 @@ def walk(
         name = rel.rsplit("/", 1)[-1]
         return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
 
-    def consider(path: Path, rel: str, explicit: bool) -> None:
+    def consider(path: Path, rel: str, explicit: bool, root: Path | None = None) -> None:
         if include and not matches(rel, include):
             return
         if exclude and matches(rel, exclude):
+            return
+        why = _not_loadable(path, root)
+        if why:
+            skipped.append((_printable(path), why))
             return
         if path.suffix.lower() not in SUPPORTED:
             if explicit or not path.name.startswith("."):
@@ -91,7 +97,7 @@ def walk(
         p = Path(raw).expanduser()
         if not p.exists():
             skipped.append((str(p), "no such file or folder: check the path"))
-        elif p.is_file():
+        elif not p.is_dir():  # a file, or a FIFO or device named outright (refused by name)
             consider(p.resolve(), p.name, explicit=True)
         else:
             root = p.resolve()
@@ -101,7 +107,7 @@ def walk(
                     if fn.startswith("."):
                         continue
                     full = Path(dirpath) / fn
-                    consider(full, full.relative_to(root).as_posix(), explicit=False)
+                    consider(full, full.relative_to(root).as_posix(), explicit=False, root=root)
     # the same file named twice (a folder and a file in it) is loaded once
     return list(dict.fromkeys(files)), skipped
 
@@ -114,8 +120,42 @@ def file_digest(path: Path) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def load(path: Path, max_bytes: int, text_field: str | None = None) -> Document:
-    """Read one file into a Document or raise SkipFile with the reason."""
+def _printable(path: Path) -> str:
+    """A path as text a UTF-8 store and terminal take (undecodable bytes escaped)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _not_loadable(path: Path, root: Path | None) -> str | None:
+    """Why a walked file is not read at all: a name that is not UTF-8, not a regular file (a
+    FIFO would block the read, a device never end), a link that loops or leaves the folder."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8: rename the file (e.g. convmv) and ingest it again"
+    try:
+        st = path.stat()  # follows links
+    except OSError as e:
+        return f"cannot read: {e.strerror} (a broken or looping link?)"
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "not a file")
+        return f"{kind}, not a regular file: only regular files are read"
+    if root is not None and path.is_symlink():
+        target = path.resolve()
+        if not target.is_relative_to(root):
+            return f"a link to {_printable(target)}, outside the folder being ingested: refused"
+    return None
+
+
+def load(path: Path, max_bytes: int, text_field: str | None = None,
+         limits: Limits | None = None) -> Document:
+    """Read one file into a Document or raise SkipFile with the reason (a broken limit named
+    with its setting: ingest/limits.py)."""
+    limits = limits or Limits()
+    why = _not_loadable(path, None)
+    if why:
+        raise SkipFile(why)
     try:
         st = path.stat()
     except OSError as e:
@@ -132,26 +172,38 @@ def load(path: Path, max_bytes: int, text_field: str | None = None) -> Document:
     except OSError as e:
         raise SkipFile(f"cannot read: {e.strerror}") from e
     ext = path.suffix.lower()
+    try:
+        fmt, sections, meta = _parse(ext, data, text_field, limits)
+    except LimitExceeded as e:
+        raise SkipFile(str(e)) from e
+    sections = [Section(_clean(s.text), _clean(s.metadata)) for s in sections if s.text.strip()]
+    if not sections:
+        raise SkipFile("no text found in the file")
+    return Document(str(path), digest, st.st_mtime, st.st_size, fmt, sections, _clean(meta))
+
+
+def _parse(ext: str, data: bytes, text_field: str | None, limits: Limits
+           ) -> tuple[str, list[Section], dict[str, Any]]:
     if ext in TEXT_EXTS:
         fmt, sections, meta = ("markdown" if ext in {".md", ".markdown"} else "text"), [
             Section(_decode(data))], {}
     elif ext in HTML_EXTS:
         fmt = "html"
-        sections, meta = _html(_decode(data))
+        text = _decode(data)
+        check_depth(text, limits)
+        sections, meta = _html(text)
     elif ext == ".pdf":
-        fmt, sections, meta = "pdf", _pdf(data), {}
+        fmt, sections, meta = "pdf", _pdf(data, limits), {}
     elif ext == ".docx":
+        check_zip(data, limits)
         fmt, sections, meta = "docx", _docx(data), {}
     elif ext == ".jsonl":
-        fmt, sections, meta = "jsonl", _jsonl(_decode(data), text_field), {}
+        fmt, sections, meta = "jsonl", _jsonl(_decode(data), text_field, limits), {}
     elif ext == ".csv":
-        fmt, sections, meta = "csv", _csv(_decode(data), text_field), {}
+        fmt, sections, meta = "csv", _csv(_decode(data), text_field, limits), {}
     else:  # walk() filters these; a direct call gets a clear reason
         raise SkipFile(f"unsupported file type {ext!r}")
-    sections = [Section(_clean(s.text), _clean(s.metadata)) for s in sections if s.text.strip()]
-    if not sections:
-        raise SkipFile("no text found in the file")
-    return Document(str(path), digest, st.st_mtime, st.st_size, fmt, sections, _clean(meta))
+    return fmt, sections, meta
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -222,15 +274,22 @@ def _html(text: str) -> tuple[list[Section], dict[str, Any]]:
     return [Section(content, dict(meta))], meta
 
 
-def _pdf(data: bytes) -> list[Section]:
+def _pdf(data: bytes, limits: Limits) -> list[Section]:
     from pypdf import PdfReader
 
+    clock = Clock(limits)
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
         if reader.is_encrypted:
             raise SkipFile("the PDF is encrypted: decrypt it first")
-        pages = [Section(p.extract_text() or "", {"page": i + 1}) for i, p in enumerate(reader.pages)]
-    except SkipFile:
+        if len(reader.pages) > limits.pages:
+            raise LimitExceeded(f"{len(reader.pages)} pages, over the limit of {limits.pages} "
+                                "(RAGTUNE_INGEST_MAX_PAGES)")
+        pages = []
+        for i, p in enumerate(reader.pages):
+            pages.append(Section(p.extract_text() or "", {"page": i + 1}))
+            clock.check(f"at page {i + 1} of {len(reader.pages)}")
+    except (SkipFile, LimitExceeded):
         raise
     except Exception as e:  # pypdf raises its own errors and zlib's, NotImplementedError,
         # RecursionError, IndexError...: a broken or hostile file, never the caller's crash
@@ -271,7 +330,7 @@ def _pick_field(row: dict[str, Any], text_field: str | None, where: str) -> str:
 
 
 def _rows_to_sections(rows: Iterator[tuple[int, dict[str, Any]]], text_field: str | None,
-                      unit: str, table: bool = False) -> list[Section]:
+                      unit: str, limits: Limits, table: bool = False) -> list[Section]:
     """One section per row. The other scalar fields become metadata (for `--where`). In a
     table (`table=True`, CSV) they are also written under the text as `key: value` lines, since
     a price or stock column is content the model must read; a table with no text column is
@@ -284,6 +343,10 @@ def _rows_to_sections(rows: Iterator[tuple[int, dict[str, Any]]], text_field: st
             f = _pick_field(row, text_field, f"{unit} {n}")
         meta = {k: v for k, v in row.items()
                 if k != f and k is not None and isinstance(v, str | int | float | bool)}
+        if len(meta) > limits.row_metadata:
+            raise LimitExceeded(f"{unit} {n} has {len(meta)} fields besides its text, over the "
+                                f"limit of {limits.row_metadata} a row may carry into each "
+                                "chunk (RAGTUNE_INGEST_MAX_ROW_METADATA)")
         text = str(row[f] or "") if f else ""
         if table:
             lines = [f"{k}: {v}" for k, v in meta.items() if str(v).strip()]
@@ -293,7 +356,7 @@ def _rows_to_sections(rows: Iterator[tuple[int, dict[str, Any]]], text_field: st
     return out
 
 
-def _jsonl(text: str, text_field: str | None) -> list[Section]:
+def _jsonl(text: str, text_field: str | None, limits: Limits) -> list[Section]:
     def rows() -> Iterator[tuple[int, dict[str, Any]]]:
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -308,16 +371,17 @@ def _jsonl(text: str, text_field: str | None) -> list[Section]:
                 raise SkipFile(f"line {n} is not a JSON object")
             yield n, obj
 
-    return _rows_to_sections(rows(), text_field, "line")
+    return _rows_to_sections(rows(), text_field, "line", limits)
 
 
-def _csv(text: str, text_field: str | None) -> list[Section]:
+def _csv(text: str, text_field: str | None, limits: Limits) -> list[Section]:
     try:
-        reader = csv.DictReader(io.StringIO(text))
+        reader = csv_reader(text, limits)
         rows = [(n, r) for n, r in enumerate(reader, 2)]
     except csv.Error as e:
-        raise SkipFile(f"malformed CSV: {e}") from e
-    return _rows_to_sections(iter(rows), text_field, "row", table=True)
+        raise SkipFile(f"malformed CSV: {e} (RAGTUNE_INGEST_MAX_FIELD_KB for longer fields)"
+                       ) from e
+    return _rows_to_sections(iter(rows), text_field, "row", limits, table=True)
 
 
 def check_paths_exist(paths: list[str | Path]) -> None:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ragtune.ingest.limits import Limits
 from ragtune.ingest.loaders import Document, SkipFile, file_digest, load, walk
 from ragtune.ingest.splitter import Chunk, SplitConfig
 from ragtune.platform.errors import RagtuneError
@@ -104,11 +105,12 @@ def max_bytes(settings: Any) -> int:
     return int(settings.max_file_mb * 1e6)
 
 
-def load_or_skip(path: Path, limit: int, text_field: str | None) -> Document | str:
+def load_or_skip(path: Path, limit: int, text_field: str | None,
+                 limits: Limits | None = None) -> Document | str:
     """The document, or the reason the file is skipped (a parser's own surprise is still only
     this file's problem)."""
     try:
-        return load(path, limit, text_field)
+        return load(path, limit, text_field, limits)
     except SkipFile as e:
         return str(e)
     except Exception as e:
@@ -200,7 +202,8 @@ def dry_run(col: Any, paths: list[str | Path], include: list[str] | None,
     report.unchanged, todo = plan(files, stored, col.config_hash(text_field), max_bytes(col.settings))
     with progress(len(todo), "load", unit="file") as bar:
         for path in todo:
-            doc = load_or_skip(path, max_bytes(col.settings), text_field)
+            doc = load_or_skip(path, max_bytes(col.settings), text_field,
+                               Limits.from_settings(col.settings))
             if isinstance(doc, str):
                 report.skipped.append((str(path), doc))
             else:
@@ -242,11 +245,12 @@ class LocalEngine:
 
     def batches(self, todo: list[Path], report: IngestReport) -> Iterator[list[Prepared]]:
         col, every = self.col, self.col.settings.commit_every
+        limits = Limits.from_settings(col.settings)
         chunks = 0
         with progress(len(todo), "ingest", unit="file") as bar:
             split: list[tuple[Document, list[Chunk]]] = []
             for n, path in enumerate(todo, 1):
-                doc = load_or_skip(path, max_bytes(col.settings), self.text_field)
+                doc = load_or_skip(path, max_bytes(col.settings), self.text_field, limits)
                 if isinstance(doc, str):
                     report.skipped.append((str(path), doc))
                 else:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ragtune.ingest.limits import Limits
 from ragtune.ingest.loaders import Document
 from ragtune.ingest.pipeline import IngestReport, Prepared, load_or_skip, max_bytes
 from ragtune.ingest.splitter import Chunk, SplitConfig, TokenSplitter
@@ -61,14 +62,14 @@ class LoadSplit:
     one `chunk` row per chunk; a file that cannot be read gives one `skip` row with the reason."""
 
     def __init__(self, tokenizer: Any, max_seq_length: int, chunk_tokens: int, chunk_overlap: int,
-                 max_bytes: int, text_field: str | None):
+                 max_bytes: int, text_field: str | None, limits: Limits | None = None):
         self.splitter = TokenSplitter(tokenizer, max_seq_length, SplitConfig(chunk_tokens, chunk_overlap))
-        self.max_bytes, self.text_field = max_bytes, text_field
+        self.max_bytes, self.text_field, self.limits = max_bytes, text_field, limits
 
     def __call__(self, batch: Any) -> Any:
         cols: tuple[list, ...] = ([], [], [], [], [])
         for idx, path in zip(batch["doc"].to_pylist(), batch["path"].to_pylist(), strict=True):
-            doc = load_or_skip(Path(path), self.max_bytes, self.text_field)
+            doc = load_or_skip(Path(path), self.max_bytes, self.text_field, self.limits)
             if isinstance(doc, str):
                 row = (idx, "skip", 0, "", json.dumps({"source": path, "reason": doc}))
                 for c, v in zip(cols, row, strict=True):
@@ -143,7 +144,8 @@ def pipeline(ray: Any, col: Any, todo: list[Path], text_field: str | None, worke
         fn_constructor_kwargs={
             "tokenizer": emb.tokenizer, "max_seq_length": emb.max_seq_length,
             "chunk_tokens": s.chunk_tokens, "chunk_overlap": s.chunk_overlap,
-            "max_bytes": max_bytes(s), "text_field": text_field})
+            "max_bytes": max_bytes(s), "text_field": text_field,
+            "limits": Limits.from_settings(s)})
     resources = {"num_gpus": 1} if gpu else {"num_cpus": 1}
     return ds.map_batches(
         Embed, batch_size=CHUNKS_PER_BATCH, batch_format="pyarrow",

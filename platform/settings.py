@@ -42,6 +42,18 @@ class Settings(BaseSettings):
     )
     chunk_overlap: int = Field(32, ge=0, description="overlap between chunks, embedder tokens")
     max_file_mb: float = Field(50.0, gt=0, description="files larger than this are skipped")
+    ingest_max_unpacked_mb: float = Field(200.0, gt=0, description="a zip-based file's (.docx) "
+                                          "content uncompressed, checked before unpacking")
+    ingest_max_entries: int = Field(10_000, ge=1, description="files inside a zip-based file")
+    ingest_max_depth: int = Field(512, ge=8, description="HTML element nesting")
+    ingest_max_columns: int = Field(1_000, ge=1, description="CSV columns")
+    ingest_max_field_kb: int = Field(1_024, ge=1, description="one CSV field, in KB")
+    ingest_max_row_metadata: int = Field(
+        64, ge=0, description="fields a CSV or JSONL row carries into each chunk's metadata")
+    ingest_max_pages: int = Field(5_000, ge=1, description="PDF pages")
+    ingest_file_seconds: float = Field(
+        300.0, gt=0, description="one file's parse time, checked between its pages: over it, the "
+        "file is skipped")
     commit_every: int = Field(
         64, ge=1, description="documents per committed generation (an interrupted ingest resumes)"
     )
@@ -94,6 +106,8 @@ class Settings(BaseSettings):
         65_536, ge=1, description="tokens one /v1/embeddings request may hold (all its texts): a "
         "bound on the CPU time one request takes (2,048 full texts took 52 s on 2 cores)"
     )
+    max_pending_jobs: int = Field(64, ge=1, description="background jobs (uploads to ingest, "
+                                  "synth) queued or running at once; more get a 429")
     record_answers: bool = Field(
         True, description="record each API answer with what it used (model, index generation, "
         "chunks, prompt hash) so feedback can refer to it (serve/feedback.py); a request's "

@@ -167,7 +167,8 @@ def create_app(settings: Settings, engine: Any = None, host: str = "127.0.0.1") 
     app = FastAPI(title="ragtune", version=_version(), lifespan=lifespan, responses=ERRORS,
                   description="Facts go in the index, behaviour goes in the adapter: an "
                   "OpenAI-compatible assistant with retrieval and LoRA adapters.")
-    st = ServerState(settings, engine, None, keys, Jobs(settings.jobs_dir), metrics, open_allowed)
+    job_queue = Jobs(settings.jobs_dir, settings.max_pending_jobs)
+    st = ServerState(settings, engine, None, keys, job_queue, metrics, open_allowed)
     st.assistant = Assistant(engine, settings, retrievers=st.collection,
                              chooser=PlanChooser(settings, st.query_router, st.embed))
     st.files = FileStore(settings.files_dir)

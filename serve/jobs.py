@@ -14,13 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ragtune.platform.errors import NotFoundError
+from ragtune.platform.errors import NotFoundError, OverloadedError
 from ragtune.platform.files import write_json
 
 
 class Jobs:
-    def __init__(self, folder: Path):
-        self.folder = folder
+    def __init__(self, folder: Path, max_pending: int = 64):
+        self.folder, self.max_pending = folder, max_pending
+        self._pending = 0  # queued or running
         self.folder.mkdir(parents=True, exist_ok=True)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ragtune-job")
         self._lock = threading.Lock()
@@ -45,6 +46,11 @@ class Jobs:
 
     def submit(self, kind: str, params: dict[str, Any], fn: Callable[[dict], Any],
                owner: str | None = None) -> dict[str, Any]:
+        with self._lock:
+            if self._pending >= self.max_pending:
+                raise OverloadedError(f"{self._pending} jobs are queued or running, the most this "
+                                      "server takes (RAGTUNE_MAX_PENDING_JOBS): retry later")
+            self._pending += 1
         rec = {"id": f"job-{secrets.token_hex(6)}", "object": "job", "kind": kind,
                "status": "queued", "params": params, "owner": owner, "created_at": time.time(),
                "started_at": None, "finished_at": None, "result": None, "error": None}
@@ -60,6 +66,8 @@ class Jobs:
                 rec.update(status="failed", error=str(e) or traceback.format_exc(limit=3))
             rec["finished_at"] = time.time()
             self._write(rec)
+            with self._lock:
+                self._pending -= 1
 
         self._pool.submit(run)
         return rec
