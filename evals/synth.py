@@ -43,7 +43,7 @@ from typing import Any
 from ragtune.evals.synth_facts import Fact, facts_in, holds, normalise, topic_of, verify
 from ragtune.evals.teacher import Teacher, answer_prompt, paraphrase_prompt
 from ragtune.platform.errors import RagtuneError
-from ragtune.platform.files import write_json
+from ragtune.platform.files import write_bytes, write_json
 from ragtune.platform.progress import progress
 from ragtune.train.context import content_words, with_context
 from ragtune.train.data import Example, to_messages
@@ -165,18 +165,23 @@ class _Out:
         self.keys: set[str] = set()
         self.rows: list[dict[str, Any]] = []
         if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
+            lines = self.path.read_text(encoding="utf-8").split("\n")
+            cut = lines.pop() if lines else ""  # after the last newline: "" or a cut line
+            for n, line in enumerate(lines, 1):
                 try:
                     obj = json.loads(line)
                 except ValueError:
-                    continue  # a line cut by an interrupted run: written again
+                    raise RagtuneError(f"{self.path} line {n} is not JSON: this is not a file "
+                                       "synth wrote; choose another --out") from None
+                if not isinstance(obj, dict):
+                    raise RagtuneError(f"{self.path} line {n} is not a JSON object: choose "
+                                       "another --out")
                 self.rows.append(obj)
                 k = key(obj)
                 if k:
                     self.keys.add(k)
-            # drop a cut last line, so appending starts on a fresh line
-            self.path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                         for r in self.rows), encoding="utf-8")
+            if cut.strip():  # an interrupted write: dropped (made again), atomically
+                write_bytes(self.path, "".join(line + "\n" for line in lines).encode())
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = self.path.open("a", encoding="utf-8")
 
@@ -425,12 +430,12 @@ def synth_train(chunks: list[tuple[int, str, str]], seeds: Seeds, out: Path, n: 
         if retriever is not None and exs:
             exs, _ = with_context(exs, retriever, collection, generation, k, no_oracle_share,
                                   seed=seed + report.kept)
-        for (c, _), ex in zip(pending, exs, strict=True):
+        for ex in exs:
+            c, _ = pending.pop(0)  # taken as written: a failed write is not written again
             sink.write({"messages": ex.messages, "ragtune": {
                 "origin": "synth", "key": c.key, "source": c.source, "chunk_ids": [c.chunk_id],
                 "fact": c.fact.value, "teacher": report.teacher, **prov}})
-        report.kept += len(pending)
-        pending.clear()
+            report.kept += 1
 
     try:
         with progress(n, "synth train", unit="example") as bar:
@@ -482,8 +487,11 @@ def synth_train(chunks: list[tuple[int, str, str]], seeds: Seeds, out: Path, n: 
                     flush()
             flush()
     finally:
-        if pending:
-            flush()
+        if pending:  # what was kept before a stop; what cannot be written is made on resume
+            try:
+                flush()
+            except Exception:  # noqa: BLE001 - the first error is the one to raise
+                pass
         sink.close()
     report.seconds = time.time() - t0
     return report

@@ -59,6 +59,14 @@ def stated_facts(text: str) -> list[str]:
     return out
 
 
+_NEGATION = re.compile(r"\b(?:no|not|never|none|cannot|can't|won't|isn't|aren't|don't|"
+                       r"doesn't|didn't|nor|without)\b", re.I)
+
+
+def _negates(text: str) -> bool:
+    return _NEGATION.search(text or "") is not None
+
+
 def _short(source: str) -> str:
     return re.sub(r"^file-[a-f0-9]{24}__", "", source.replace("\\", "/").rsplit("/", 1)[-1])
 
@@ -91,6 +99,10 @@ def triage(items: list[dict[str, Any]],
         answer = normalise(it["answer"])
         missing = [f for f in stated_facts(it["correction"]) if not holds(answer, normalise(f))]
         v.facts = missing
+        if not missing and _negates(it["correction"]) and not _negates(it["answer"]):
+            v.evidence = ("the correction says no where the answer did not, with no fact to "
+                          "check it by: a content change to review by hand, not a format one")
+            continue
         if not missing:
             v.cause = "behaviour gap"
             v.evidence = ("the correction states no fact the answer lacked: it changes the "

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import csv
 import io
+import struct
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any
@@ -45,8 +47,37 @@ class Limits:
                    settings.ingest_max_pages, settings.ingest_file_seconds)
 
 
+def _unpacked(data: bytes, info: zipfile.ZipInfo, cap: int) -> int:
+    """The bytes a member really unpacks to (its header may lie), counted by inflating its
+    compressed bytes a piece at a time and stopping past `cap`."""
+    off = info.header_offset
+    if data[off:off + 4] != b"PK\x03\x04":
+        raise LimitExceeded("corrupt or unreadable .docx: a zip entry's header is missing")
+    name_len, extra_len = struct.unpack("<HH", data[off + 26:off + 30])
+    start = off + 30 + name_len + extra_len
+    raw = memoryview(data)[start:start + info.compress_size]
+    if info.compress_type == zipfile.ZIP_STORED:
+        return len(raw)
+    if info.compress_type != zipfile.ZIP_DEFLATED:
+        raise LimitExceeded(f"a zip entry compressed with method {info.compress_type}: only "
+                            "stored and deflated entries are read")
+    inflate, total = zlib.decompressobj(-15), 0
+    try:
+        for i in range(0, len(raw), 1 << 16):
+            out = inflate.decompress(raw[i:i + (1 << 16)], 1 << 20)
+            total += len(out)
+            while inflate.unconsumed_tail and total <= cap:
+                total += len(inflate.decompress(inflate.unconsumed_tail, 1 << 20))
+            if total > cap:
+                break
+    except zlib.error as e:
+        raise LimitExceeded(f"corrupt or unreadable .docx: {e}") from e
+    return total
+
+
 def check_zip(data: bytes, limits: Limits) -> None:
-    """A zip's entry count and uncompressed size, from its directory (nothing is unpacked)."""
+    """A zip's entry count and unpacked size: each entry inflated and counted (not trusting the
+    sizes its headers claim), stopping at the limit; nothing is kept."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             infos = z.infolist()
@@ -56,30 +87,35 @@ def check_zip(data: bytes, limits: Limits) -> None:
     if len(infos) > limits.entries:
         raise LimitExceeded(f"{len(infos)} entries inside, over the limit of {limits.entries} "
                             "(RAGTUNE_INGEST_MAX_ENTRIES)")
-    unpacked = sum(i.file_size for i in infos)
-    if unpacked > limits.unpacked_mb * 1e6:
-        raise LimitExceeded(f"unpacks to {unpacked / 1e6:.0f} MB ({unpacked / max(len(data), 1):.0f}"
-                            f" times its size), over the limit of {limits.unpacked_mb:.0f} MB "
-                            "(RAGTUNE_INGEST_MAX_UNPACKED_MB): a zip bomb, or a file to split")
+    cap, unpacked = int(limits.unpacked_mb * 1e6), 0
+    for info in infos:
+        unpacked += max(info.file_size, _unpacked(data, info, cap - unpacked))
+        if unpacked > cap:
+            raise LimitExceeded(f"unpacks to over {limits.unpacked_mb:.0f} MB (more than "
+                                f"{unpacked / max(len(data), 1):.0f} times its size), the limit "
+                                "of RAGTUNE_INGEST_MAX_UNPACKED_MB: a zip bomb, or a file to "
+                                "split")
 
 
 class _Depth(HTMLParser):
+    """Nesting as a tree builder sees it: an end tag closes only an element that is open."""
+
     def __init__(self, limit: int):
         super().__init__(convert_charrefs=False)
-        self.limit, self.depth, self.deepest = limit, 0, 0
+        self.limit, self.open = limit, []
 
     def handle_starttag(self, tag: str, attrs: Any) -> None:
         if tag in VOID:
             return
-        self.depth += 1
-        self.deepest = max(self.deepest, self.depth)
-        if self.depth > self.limit:
+        self.open.append(tag)
+        if len(self.open) > self.limit:
             raise LimitExceeded(f"elements nest deeper than {self.limit} "
                                 "(RAGTUNE_INGEST_MAX_DEPTH)")
 
     def handle_endtag(self, tag: str) -> None:
-        if tag not in VOID:
-            self.depth = max(0, self.depth - 1)
+        if tag in self.open:
+            while self.open and self.open.pop() != tag:
+                pass
 
 
 def check_depth(text: str, limits: Limits) -> None:
@@ -98,13 +134,12 @@ def csv_reader(text: str, limits: Limits) -> csv.DictReader:
     """A DictReader whose header is checked against the column limit, fields against the field
     size limit (csv raises on a longer one)."""
     csv.field_size_limit(max(limits.field_kb * 1024, 1024))
-    first = text.split("\n", 1)[0]
-    if first.count(",") + 1 > limits.columns:
-        header = next(csv.reader([first]), [])
-        if len(header) > limits.columns:
-            raise LimitExceeded(f"{len(header)} columns, over the limit of {limits.columns} "
-                                "(RAGTUNE_INGEST_MAX_COLUMNS)")
-    return csv.DictReader(io.StringIO(text))
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []  # parsed as the rows are (a quoted newline is one cell)
+    if len(header) > limits.columns:
+        raise LimitExceeded(f"{len(header)} columns, over the limit of {limits.columns} "
+                            "(RAGTUNE_INGEST_MAX_COLUMNS)")
+    return reader
 
 
 class Clock:

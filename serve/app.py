@@ -10,7 +10,6 @@ stops the generation worker and exits.
 from __future__ import annotations
 
 import ipaddress
-import re
 import time
 import warnings
 from contextlib import asynccontextmanager
@@ -27,7 +26,7 @@ from ragtune.platform.assistant import Assistant
 from ragtune.platform.errors import OverloadedError, RagtuneError
 from ragtune.platform.settings import Settings
 from ragtune.serve.auth import ACCESS, LOOPBACK, Keys
-from ragtune.serve.deps import ServerState, principal, route_path, state
+from ragtune.serve.deps import ServerState, principal, route_path, scrub_paths, state
 from ragtune.serve.feedback import FeedbackStore
 from ragtune.serve.filestore import FileStore
 from ragtune.serve.ft_jobs import FineTuning
@@ -51,18 +50,6 @@ def is_loopback(host: str) -> bool:
 
 def error_body(message: str, kind: str, status: int, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": param, "code": status}}
-
-
-_ABSOLUTE = re.compile(r"(?<![\w/.:])/(?:[^\s/'\"`(),;]+/)+([^\s/'\"`(),;]*)")
-
-
-def scrub_paths(message: str, home: Path) -> str:
-    """An error message as a client may read it: the server's folders left out (the home as
-    RAGTUNE_HOME, any other absolute path as its last part), API paths (/v1/...) kept."""
-    for root in {str(home.resolve()), str(home)}:
-        message = message.replace(root, "RAGTUNE_HOME")
-    return _ABSOLUTE.sub(lambda m: m.group(0) if m.group(0).startswith(("/v1/", "/ui/"))
-                         else f".../{m.group(1)}", message)
 
 
 class BodyLimit:
@@ -281,7 +268,6 @@ def _check_access_table(app: FastAPI) -> None:
 
 def _base_dir(engine: Any, settings: Settings) -> Any:
     """The served base model's folder (or GGUF file): an ft: name may use its name."""
-    from pathlib import Path
 
     from ragtune.platform.models import resolve_generator
 

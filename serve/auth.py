@@ -120,6 +120,7 @@ class Keys:
         self._stamp: tuple[float, int] | None = None
         self._rows: list[dict[str, Any]] = []
         self._had_keys = False  # a key existed: revoking them all does not open the server
+        self._started = time.time()
 
     def _load(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -130,16 +131,20 @@ class Keys:
                 return []
             if self._stamp != (st.st_mtime, st.st_size):
                 try:
-                    self._rows = json.loads(self.path.read_text())["keys"]
-                except (ValueError, KeyError) as e:
+                    saved = json.loads(self.path.read_text())
+                    self._rows = saved["keys"]
+                    # keys changed while this server ran: one existed, even if no request saw it
+                    self._had_keys = self._had_keys or bool(self._rows) or (
+                        saved.get("changed_at", 0) >= self._started)
+                except (ValueError, KeyError, TypeError) as e:
                     raise RagtuneError(f"{self.path} is not a ragtune keys file ({e}): restore it "
                                        "or delete it and create keys again") from e
                 self._stamp = (st.st_mtime, st.st_size)
-            self._had_keys = self._had_keys or bool(self._rows)
             return self._rows
 
     def _save(self, rows: list[dict[str, Any]]) -> None:
-        write_json(self.path, {"keys": rows}, mode=0o600)
+        # changed_at: a server started before it saw keys come and go, and stays closed
+        write_json(self.path, {"keys": rows, "changed_at": time.time()}, mode=0o600)
 
     def empty(self) -> bool:
         return not self._load()

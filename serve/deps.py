@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request
@@ -117,3 +118,15 @@ async def until_disconnect(request: Request, turns: list[Any]) -> None:
         pass
     for turn in turns:
         turn.cancel()
+
+
+_ABSOLUTE = re.compile(r"(?<![\w/.:])/(?:[^\s/'\"`(),;]+/)+([^\s/'\"`(),;]*)")
+
+
+def scrub_paths(message: str, home: Path) -> str:
+    """An error message as a client may read it: the server's folders left out (the home as
+    RAGTUNE_HOME, any other absolute path as its last part), API paths (/v1/...) kept."""
+    for root in {str(home.resolve()), str(home)}:
+        message = message.replace(root, "RAGTUNE_HOME")
+    return _ABSOLUTE.sub(lambda m: m.group(0) if m.group(0).startswith(("/v1/", "/ui/"))
+                         else f".../{m.group(1)}", message)

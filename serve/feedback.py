@@ -107,6 +107,14 @@ class FeedbackStore:
                 fb["id"], answer_id, time.time(), owner or "", rating, correction, comment))
         return fb
 
+    def forget(self, answer_id: str) -> None:
+        """An answer's record and the feedback on it, gone (a deleted response)."""
+        if not self.path.exists():
+            return
+        with closing(self._db()) as db, db:
+            db.execute("DELETE FROM feedback WHERE answer_id=?", (answer_id,))
+            db.execute("DELETE FROM answers WHERE id=?", (answer_id,))
+
     def items(self, rating: str | None = None, owner: str | None = None) -> list[dict[str, Any]]:
         """Feedback joined with its answer, oldest first."""
         sql = ("SELECT f.id AS feedback_id, f.rating, f.correction, f.comment, f.created AS "

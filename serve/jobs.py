@@ -54,23 +54,39 @@ class Jobs:
         rec = {"id": f"job-{secrets.token_hex(6)}", "object": "job", "kind": kind,
                "status": "queued", "params": params, "owner": owner, "created_at": time.time(),
                "started_at": None, "finished_at": None, "result": None, "error": None}
-        self._write(rec)
+        try:
+            self._write(rec)
+        except BaseException:
+            self._release()
+            raise
 
         def run() -> None:
-            rec.update(status="running", started_at=time.time())
-            self._write(rec)
             try:
-                rec["result"] = fn(rec)
-                rec["status"] = "succeeded"
-            except Exception as e:  # the job's own failure, reported in its record
-                rec.update(status="failed", error=str(e) or traceback.format_exc(limit=3))
-            rec["finished_at"] = time.time()
-            self._write(rec)
-            with self._lock:
-                self._pending -= 1
+                rec.update(status="running", started_at=time.time())
+                self._write(rec)
+                try:
+                    rec["result"] = fn(rec)
+                    rec["status"] = "succeeded"
+                except Exception as e:  # the job's own failure, reported in its record
+                    rec.update(status="failed", error=str(e) or traceback.format_exc(limit=3))
+                rec["finished_at"] = time.time()
+                self._write(rec)
+            finally:  # a record that cannot be written (a full disk) still frees its slot
+                self._release()
 
         self._pool.submit(run)
         return rec
+
+    def _release(self) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def check_room(self) -> None:
+        """Raise the queue-full 429 now (before a route saves the files a job would read)."""
+        with self._lock:
+            if self._pending >= self.max_pending:
+                raise OverloadedError(f"{self._pending} jobs are queued or running, the most "
+                                      "this server takes (RAGTUNE_MAX_PENDING_JOBS): retry later")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

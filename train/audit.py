@@ -118,7 +118,10 @@ def _answers(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], sa
 
 
 def _states(text: str, fact: str) -> bool:
-    return re.search(rf"(?<![\w]){re.escape(fact)}(?![\w])", text) is not None
+    """Whether `text` states `fact` (case aside; "1,000" and "1000" alike)."""
+    def norm(t: str) -> str:
+        return re.sub(r"(?<=\d)[,\u202f\u00a0 ](?=\d{3}\b)", "", t).lower()
+    return re.search(rf"(?<![\w]){re.escape(norm(fact))}(?![\w])", norm(text)) is not None
 
 
 def audit(model: Any, tokenizer: Any, examples: list[Example], samples: int = 4,
@@ -127,7 +130,11 @@ def audit(model: Any, tokenizer: Any, examples: list[Example], samples: int = 4,
     """Label each example's facts known / weakly known / unknown by asking `model` (the base,
     no adapter) closed-book."""
     report = AuditReport(samples)
-    todo = [(ex, sorted(candidates(ex.messages[-1]["content"]))) for ex in examples]
+    def taught(ex: Example) -> list[str]:  # a fact the prompt itself gives is not taught
+        asked = " ".join(m["content"] for m in closed_book(ex.messages))
+        return sorted(f for f in candidates(ex.messages[-1]["content"]) if not _states(asked, f))
+
+    todo = [(ex, taught(ex)) for ex in examples]
     todo = [(ex, facts) for ex, facts in todo if facts]
     report.examples = len(todo)
     was_training = model.training

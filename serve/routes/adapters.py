@@ -94,6 +94,7 @@ async def train_adapter(request: Request,
     for collection in (args.job.with_context, args.job.facts_collection):
         if collection is not None:
             who.need_collection(collection)
+    st.jobs.check_room()  # a full queue refuses before anything is saved
     folder = st.settings.jobs_dir / "uploads" / f"{name}-{secrets.token_hex(8)}"
     try:
         ((path, _),) = await save_uploads([file], folder, st.settings.max_upload_mb * 2**20)
@@ -119,9 +120,13 @@ async def train_adapter(request: Request,
         from ragtune.train import registry
 
         version = registry.resolve(st.settings, name)
-        return {"adapter": f"{name}@{version.name}", "log": str(log)}
+        return {"adapter": f"{name}@{version.name}", "log": log.name}
 
     params = {"name": name, "file": path.name, "epochs": epochs, "max_steps": max_steps, "lr": lr,
               "options": {k: v for k, v in options.items() if k != "name"}}
-    rec = st.jobs.submit("train", params, run, owner=who.id)
+    try:
+        rec = st.jobs.submit("train", params, run, owner=who.id)
+    except Exception:  # the queue filled meanwhile: nothing is left behind
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     return JSONResponse(rec, status_code=202)

@@ -84,6 +84,7 @@ async def upload_documents(name: str, request: Request,
 
     st = state(request)
     who.need_collection(_check(name))
+    st.jobs.check_room()  # a full queue refuses before anything is saved
     # Uploaded files live on in uploads/<collection>/ so a document keeps one source path.
     kept = st.settings.home / "uploads" / name
     folder = kept / f".incoming-{secrets.token_hex(8)}"
@@ -104,9 +105,13 @@ async def upload_documents(name: str, request: Request,
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    rec = st.jobs.submit("ingest", {"collection": name, "files": [p.name for p, _ in saved],
-                                    "uploads": [{"name": o, "stored_as": p.name}
-                                                for p, o in saved]}, run, owner=who.id)
+    try:
+        rec = st.jobs.submit("ingest", {"collection": name, "files": [p.name for p, _ in saved],
+                                        "uploads": [{"name": o, "stored_as": p.name}
+                                                    for p, o in saved]}, run, owner=who.id)
+    except Exception:  # the queue filled meanwhile: nothing is left behind
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     return JSONResponse(rec, status_code=202)
 
 

@@ -30,8 +30,14 @@ async def embeddings(body: EmbeddingsRequest, request: Request,
     texts = [body.input] if isinstance(body.input, str) else body.input
     if body.dimensions is not None and body.dimensions != emb.dim:
         raise RagtuneError(f"dimensions {body.dimensions}: this embedder gives {emb.dim}")
-    tokens = sum(len(emb.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
     cap = st.settings.embed_max_tokens
+    chars = sum(len(t) for t in texts)
+    if chars > cap * 32:  # far over in characters: refused without tokenizing
+        raise RagtuneError(f"this request holds {chars} characters in {len(texts)} text(s); at "
+                           f"most {cap} tokens per request (RAGTUNE_EMBED_MAX_TOKENS): send it "
+                           "in parts", param="input")
+    tokens = await run_in_threadpool(
+        lambda: sum(len(emb.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts))
     if tokens > cap:  # counted before any model work: the CPU time a request may take
         raise RagtuneError(f"this request holds {tokens} tokens in {len(texts)} text(s); at most "
                            f"{cap} per request (RAGTUNE_EMBED_MAX_TOKENS): send it in parts",

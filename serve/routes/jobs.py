@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
 from ragtune.platform.errors import NotFoundError
 from ragtune.serve.auth import Principal
-from ragtune.serve.deps import principal, state
+from ragtune.serve.deps import principal, scrub_paths, state
 
 router = APIRouter(prefix="/v1", tags=["ragtune"])
 
@@ -19,4 +20,4 @@ def get_job(job_id: str, request: Request, who: Principal = Depends(principal)) 
     rec = st.jobs.get(job_id)
     if rec.get("owner") not in (who.id, None, "open") and "admin" not in who.scopes:
         raise NotFoundError(f"no job {job_id!r}")  # another key's job is not shown
-    return rec
+    return json.loads(scrub_paths(json.dumps(rec), st.settings.home))  # no server folders

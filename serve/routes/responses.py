@@ -354,6 +354,7 @@ def delete_response(response_id: str, request: Request, who: Principal = Depends
                     ) -> dict[str, Any]:
     R.ResponseStore(state(request).settings.home / "responses").delete(response_id,
                                                                         owner_scope(who))
+    state(request).feedback.forget(response_id)  # its recorded question, answer and chunks
     return {"id": response_id, "object": "response", "deleted": True}
 
 

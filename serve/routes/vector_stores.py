@@ -185,6 +185,7 @@ def _attach(request: Request, who: Principal, vs_id: str, file_id: Any,
     if meta["purpose"] not in ATTACHABLE:
         raise RagtuneError(f"file {file_id} has purpose {meta['purpose']!r}: vector stores take "
                            f"{' or '.join(ATTACHABLE)} files", param="file_id")
+    st.jobs.check_room()  # a full queue refuses before the file is marked in progress
     stores = _stores(request)
     collection = stores.use(vs_id)["_collection"]  # refused when the store expired
     kept = st.settings.home / "uploads" / collection
@@ -234,8 +235,13 @@ def _attach(request: Request, who: Principal, vs_id: str, file_id: Any,
             stores.update_file(vs_id, file_id, status="completed")
         return report.to_dict()
 
-    st.jobs.submit("ingest", {"collection": collection, "vector_store": vs_id,
-                              "file": file_id}, run, owner=who.id)
+    try:
+        st.jobs.submit("ingest", {"collection": collection, "vector_store": vs_id,
+                                  "file": file_id}, run, owner=who.id)
+    except Exception as e:  # the queue filled meanwhile: the file says so, not in_progress
+        stores.update_file(vs_id, file_id, status="failed", last_error={
+            "code": "server_error", "message": str(e)})
+        raise
     return file_object(stores.load(vs_id), file_id)
 
 

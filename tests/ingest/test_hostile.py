@@ -84,7 +84,7 @@ def test_a_hostile_folder_through_the_cli(tmp_path, tiny_settings):
 
 
 def test_hostile_uploads_fail_by_name_and_do_not_hold_the_queue(served_ingest):
-    url = served_ingest
+    url = served_ingest.url
     started = time.monotonic()
     for name, data in (("bomb.docx", docx_bomb(300)),
                        ("deep.html", ("<b>" * 60_000).encode()),
@@ -117,10 +117,46 @@ def served_ingest(tmp_path, tiny_settings, tiny_lm_dir):
     from ragtune.serve.app import create_app, with_limits
     from tests.serve_helpers import Server
 
-    settings = get_settings(generator=str(tiny_lm_dir))
+    settings = get_settings(generator=str(tiny_lm_dir), max_pending_jobs=1)
     engine = Engine(settings, max_batch=1, queue_size=4)
     with pytest.warns(UserWarning, match="no API keys"):
         app_ = create_app(settings, engine)
     with Server(with_limits(app_, settings)) as server:
-        yield server.url
+        server.app_, server.settings = app_, settings
+        yield server
     engine.close()
+
+
+def test_a_full_queue_refuses_an_upload_and_keeps_nothing_of_it(served_ingest):
+    import threading
+
+    gate = threading.Event()
+    served_ingest.app_.state.ragtune.jobs.submit("hold", {}, lambda job: gate.wait(30))
+    try:
+        r = httpx.post(served_ingest.url + "/v1/collections/kb/documents",
+                       files={"files": ("a.md", b"# A\n\nText.\n")}, timeout=30)
+        assert r.status_code == 429 and "RAGTUNE_MAX_PENDING_JOBS" in r.text
+        uploads = served_ingest.settings.home / "uploads"
+        assert not uploads.exists() or not any(uploads.rglob("a.md"))
+    finally:
+        gate.set()
+
+
+def test_limits_read_the_structure_not_what_headers_claim():
+    import struct
+
+    from ragtune.ingest.limits import LimitExceeded, Limits, check_depth, check_zip, csv_reader
+
+    lying = bytearray(docx_bomb(8))  # headers claim 100 bytes for an 8 MB entry
+    for sig, at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        i = 0
+        while (i := lying.find(sig, i)) != -1:
+            struct.pack_into("<I", lying, i + at, 100)
+            i += 4
+    with pytest.raises(LimitExceeded, match="RAGTUNE_INGEST_MAX_UNPACKED_MB"):
+        check_zip(bytes(lying), Limits(unpacked_mb=1))
+    header = '"te\nxt",' + ",".join(f"c{i}" for i in range(2000)) + "\n"
+    with pytest.raises(LimitExceeded, match="2001 columns"):
+        csv_reader(header + "a,b\n", Limits())
+    with pytest.raises(LimitExceeded, match="RAGTUNE_INGEST_MAX_DEPTH"):
+        check_depth("<div></i>" * 1000, Limits())  # an end tag that was never opened

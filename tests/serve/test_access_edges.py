@@ -35,6 +35,13 @@ def test_revoking_every_key_keeps_a_running_server_closed(tmp_path):
         with pytest.raises(AuthError, match="every API key of this server was revoked"):
             keys.principal(auth, open_allowed=True)
     assert Keys(tmp_path / "keys.json").principal(None, open_allowed=True) is OPEN  # restarted
+    # a key created and revoked while the server ran, with no request in between
+    server = Keys(tmp_path / "again.json")
+    assert server.principal(None, open_allowed=True) is OPEN
+    cli = Keys(tmp_path / "again.json")
+    cli.revoke(cli.create(["admin"])[1]["id"])
+    with pytest.raises(AuthError, match="revoked"):
+        server.principal(None, open_allowed=True)
 
 
 def test_error_messages_leave_server_paths_out(tmp_path):

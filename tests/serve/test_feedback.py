@@ -45,6 +45,9 @@ def test_an_answer_is_recorded_with_what_it_used_and_takes_feedback(client, serv
     for rid in (chunks[0].id, resp.id):
         assert httpx.post(served.url + "/v1/feedback", json={
             "response_id": rid, "rating": "up"}).status_code == 200
+    client.responses.delete(resp.id)  # a deleted response's record goes with it
+    assert httpx.post(served.url + "/v1/feedback", json={
+        "response_id": resp.id, "rating": "up"}).status_code == 404
     for body, status in (({"response_id": off.id, "rating": "up"}, 404),
                          ({"response_id": r.id, "rating": "meh"}, 400),
                          ({"response_id": r.id, "rating": "up", "stars": 5}, 400)):
@@ -87,6 +90,9 @@ CASES = [
          '{"answer": "Standard shipping takes two business days!", "tone": "friendly"}',
          [(2, "shipping.md", KB[2][1])]),
     item("fb_nocorrection0", "Hello?", "Bye.", None, []),
+    # a correction that says no where the answer said yes: not a matter of form
+    item("fb_negation00000", "Refunds?", "Yes, refunds are available.",
+         "No, refunds are not available.", []),
     item("fb_thumbsup00000", "Hi?", "Hi!", None, [], rating="up"),
 ]
 
@@ -98,7 +104,8 @@ def test_each_cause_is_told_apart_with_its_evidence():
     assert {k: v.cause for k, v in verdicts.items()} == {
         "fb_stale00000000": "stale", "fb_genmiss000000": "generator miss",
         "fb_missedchunk00": "knowledge gap", "fb_nodocument000": "knowledge gap",
-        "fb_behaviour0000": "behaviour gap", "fb_nocorrection0": "unclear"}
+        "fb_behaviour0000": "behaviour gap", "fb_nocorrection0": "unclear",
+        "fb_negation00000": "unclear"}
     assert "generation 3" in verdicts["fb_stale00000000"].evidence
     assert verdicts["fb_genmiss000000"].facts == ["two business days"]
     assert "in the prompt (shipping.md, chunk 2)" in verdicts["fb_genmiss000000"].evidence
