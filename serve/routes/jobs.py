@@ -20,4 +20,8 @@ def get_job(job_id: str, request: Request, who: Principal = Depends(principal)) 
     rec = st.jobs.get(job_id)
     if rec.get("owner") not in (who.id, None, "open") and "admin" not in who.scopes:
         raise NotFoundError(f"no job {job_id!r}")  # another key's job is not shown
-    return json.loads(scrub_paths(json.dumps(rec), st.settings.home))  # no server folders
+    # what the server wrote (result, error) carries no server folders; params are the caller's
+    for key in ("result", "error"):
+        if rec.get(key) is not None:
+            rec[key] = json.loads(scrub_paths(json.dumps(rec[key]), st.settings.home))
+    return rec

@@ -149,6 +149,9 @@ class RecordingJobs:
         return {"id": "job-0", "object": "job", "kind": kind, "status": "queued",
                 "params": params}
 
+    def check_room(self):  # noqa: ANN201  (never full)
+        pass
+
     def close(self):  # noqa: ANN201
         pass
 
