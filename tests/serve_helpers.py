@@ -167,3 +167,18 @@ class ServeProcess:
             self.proc.kill()
             self.proc.wait(timeout=30)
         self._out.close()
+
+
+def wait_job(url: str, job_id: str, seconds: float = 60.0) -> dict:
+    """A background job's record once it has ended (GET /v1/jobs/{id}, polled)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        rec = httpx.get(f"{url}/v1/jobs/{job_id}").json()
+        if rec["status"] in ("succeeded", "failed"):
+            return rec
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish in {seconds:.0f}s")

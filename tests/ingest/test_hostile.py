@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from ragtune.cli import app
 from ragtune.ingest.collection import Collection
+from tests.serve_helpers import wait_job
 
 
 def docx_bomb(mb: int) -> bytes:
@@ -91,23 +92,14 @@ def test_hostile_uploads_fail_by_name_and_do_not_hold_the_queue(served_ingest):
                        ("wide.csv", (",".join(f"c{i}" for i in range(120_000)) + "\n").encode())):
         job = httpx.post(url + "/v1/collections/kb/documents",
                          files={"files": (name, data)}, timeout=60).json()
-        done = _wait(url, job["id"])
+        done = wait_job(url, job["id"])
         assert done["status"] == "succeeded" and done["result"]["skipped"], done
         assert "RAGTUNE_INGEST_MAX" in done["result"]["skipped"][0][1]
     job = httpx.post(url + "/v1/collections/kb/documents",
                      files={"files": ("ok.md", b"# Ok\n\nAll good here.\n")}, timeout=60).json()
-    done = _wait(url, job["id"])
+    done = wait_job(url, job["id"])
     assert done["status"] == "succeeded" and done["result"]["ingested"]
     assert time.monotonic() - started < 60  # the bombs were refused, not parsed
-
-
-def _wait(url, job_id):
-    for _ in range(600):
-        rec = httpx.get(f"{url}/v1/jobs/{job_id}").json()
-        if rec["status"] in ("succeeded", "failed"):
-            return rec
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} never finished")
 
 
 @pytest.fixture

@@ -121,6 +121,17 @@ def test_a_template_with_tools_gives_its_own_call_format(qwen_style):
     assert fmt.grammar([TOOL], "auto")["format"]["triggers"] == ["<tool_call>"]
 
 
+def streams_as_it_parses(fmt: ToolFormat, text: str, step: int) -> None:
+    """`text` fed `step` characters at a time gives the text and calls `parse` finds."""
+    stream, out = CallStream(fmt), []
+    for i in range(0, len(text), step):
+        out += stream.feed(text[i:i + step])
+    out += stream.close()
+    content, calls = fmt.parse(text)
+    assert ("".join(v for k, v in out if k == "text") or None) == content
+    assert [v["function"] for k, v in out if k == "call"] == [c["function"] for c in calls]
+
+
 NATIVE = ToolFormat(native=True, open="<tool_call>\n", close="\n</tool_call>", separator="\n")
 MISTRALISH = ToolFormat(native=True, open="[TOOL_CALLS][", close="]", separator="\n")
 
@@ -131,13 +142,7 @@ def test_other_formats_stream_as_they_parse(fmt, step):
     a = fmt.call_text("f", {"a": [1, "]"], "b": {"c": "x"}})
     b = fmt.call_text("g", {})
     for text in (f"Sure. {a}\n{b}", f"{a}\n{b[:-3]}", f"{a} then text", f"{a[:-8]}", "no calls"):
-        stream, out = CallStream(fmt), []
-        for i in range(0, len(text), step):
-            out += stream.feed(text[i:i + step])
-        out += stream.close()
-        content, calls = fmt.parse(text)
-        assert ("".join(v for k, v in out if k == "text") or None) == content
-        assert [v["function"] for k, v in out if k == "call"] == [c["function"] for c in calls]
+        streams_as_it_parses(fmt, text, step)
     _, calls = fmt.parse(f"Sure. {a}\n{b}")
     assert [json.loads(c["function"]["arguments"]) for c in calls] == [
         {"a": [1, "]"], "b": {"c": "x"}}, {}]
@@ -172,10 +177,4 @@ def test_a_call_without_a_closing_mark_ends_with_its_json():
     fmt = ToolFormat(native=True, open="<|tool_call|>", close="", separator="\n")
     text = "a " + fmt.call_text("f", {"x": "}"}) + "   \nrest {["
     for step in (1, 2, 1000):
-        stream, out = CallStream(fmt), []
-        for i in range(0, len(text), step):
-            out += stream.feed(text[i:i + step])
-        out += stream.close()
-        content, calls = fmt.parse(text)
-        assert ("".join(v for k, v in out if k == "text") or None) == content
-        assert [v["function"] for k, v in out if k == "call"] == [c["function"] for c in calls]
+        streams_as_it_parses(fmt, text, step)

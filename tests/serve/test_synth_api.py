@@ -5,29 +5,20 @@ for a fine-tuning job."""
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import openai
 import pytest
 
 from tests.serve.test_api import served  # noqa: F401  (the module's server: tiny model, docs)
-
-
-def wait(url: str, job: dict) -> dict:
-    for _ in range(200):
-        job = httpx.get(f"{url}/v1/jobs/{job['id']}").json()
-        if job["status"] in ("succeeded", "failed"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job['id']} did not finish")
+from tests.serve_helpers import wait_job
 
 
 def test_synth_jobs_write_a_qa_set_and_a_training_set_as_files(served):  # noqa: F811
     client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
     job = httpx.post(served.url + "/v1/synth", json={"kind": "eval", "collection": "docs",
                                                       "n": 5, "teacher": "none"}).json()
-    done = wait(served.url, job)
+    done = wait_job(served.url, job["id"])
     assert done["status"] == "succeeded", done
     qa = client.files.content(done["result"]["file_id"]).text
     items = [json.loads(x) for x in qa.splitlines()]
@@ -40,7 +31,7 @@ def test_synth_jobs_write_a_qa_set_and_a_training_set_as_files(served):  # noqa:
     job = httpx.post(served.url + "/v1/synth", json={
         "kind": "train", "collection": "docs", "n": 5, "teacher": "none",
         "seeds_file_id": seed_file.id, "exclude_file_ids": [qa_file]}).json()
-    done = wait(served.url, job)
+    done = wait_job(served.url, job["id"])
     assert done["status"] == "succeeded", done
     made = client.files.retrieve(done["result"]["file_id"])
     assert made.purpose == "fine-tune"
@@ -50,7 +41,7 @@ def test_synth_jobs_write_a_qa_set_and_a_training_set_as_files(served):  # noqa:
     job = httpx.post(served.url + "/v1/synth", json={
         "kind": "train", "collection": "docs", "n": 5, "teacher": "local",
         "seeds_file_id": seed_file.id, "license": "internal"}).json()
-    done = wait(served.url, job)
+    done = wait_job(served.url, job["id"])
     rows = [json.loads(x) for x in client.files.content(done["result"]["file_id"]).text.splitlines()]
     assert [r["ragtune"]["origin"] for r in rows] == ["seed", "seed", "synth", "synth"]
     assert all("<sources>" in r["messages"][0]["content"] for r in rows[2:])
