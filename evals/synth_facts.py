@@ -20,6 +20,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+from ragtune.evals import scores
+
 _NUM = r"\d+(?:[.,]\d+)*"
 _WORDNUM = (r"(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fourteen|"
             r"fifteen|twenty|thirty|forty|sixty|ninety|a|an)")
@@ -72,10 +74,9 @@ class Fact:
 
 
 def normalise(text: str) -> str:
-    """Text as facts are compared: NFKC, lower case, one space, no thousands separators."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = re.sub(r"(?<=\d)[,\u202f\u00a0 ](?=\d{3}\b)", "", text)
-    return re.sub(r"\s+", " ", text).strip()
+    """Text as facts are compared: as `ragtune eval` finds a fact in an answer
+    (evals/scores.py: lower case, one space, no thousands separators), after NFKC."""
+    return scores.normalise(unicodedata.normalize("NFKC", text)).strip()
 
 
 def verify(fact: str, chunk: str) -> bool:
