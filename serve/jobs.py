@@ -47,9 +47,7 @@ class Jobs:
     def submit(self, kind: str, params: dict[str, Any], fn: Callable[[dict], Any],
                owner: str | None = None) -> dict[str, Any]:
         with self._lock:
-            if self._pending >= self.max_pending:
-                raise OverloadedError(f"{self._pending} jobs are queued or running, the most this "
-                                      "server takes (RAGTUNE_MAX_PENDING_JOBS): retry later")
+            self._refuse_when_full()
             self._pending += 1
         rec = {"id": f"job-{secrets.token_hex(6)}", "object": "job", "kind": kind,
                "status": "queued", "params": params, "owner": owner, "created_at": time.time(),
@@ -84,9 +82,12 @@ class Jobs:
     def check_room(self) -> None:
         """Raise the queue-full 429 now (before a route saves the files a job would read)."""
         with self._lock:
-            if self._pending >= self.max_pending:
-                raise OverloadedError(f"{self._pending} jobs are queued or running, the most "
-                                      "this server takes (RAGTUNE_MAX_PENDING_JOBS): retry later")
+            self._refuse_when_full()
+
+    def _refuse_when_full(self) -> None:  # under the lock
+        if self._pending >= self.max_pending:
+            raise OverloadedError(f"{self._pending} jobs are queued or running, the most this "
+                                  "server takes (RAGTUNE_MAX_PENDING_JOBS): retry later")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
